@@ -207,7 +207,14 @@ impl ColumnBuilder {
                 b.append_value(s);
                 4 + s.len()
             }
-            (Self::Utf8(b), Value::Ip(ip)) => append_display(b, ip),
+            (Self::Utf8(b), Value::Ip(ip)) => {
+                let mut buf = Vec::with_capacity(48);
+                crate::text::push_ip(&mut buf, ip);
+                // An address in text form is ASCII.
+                let text = std::str::from_utf8(&buf).unwrap_or_default();
+                b.append_value(text);
+                4 + text.len()
+            }
             (Self::Utf8(b), Value::Int(v)) => append_display(b, v),
             (Self::Utf8(b), _) => {
                 b.append_null();
@@ -390,6 +397,15 @@ impl<W: Write + Send> ParquetWriter<W> {
             + row_groups * (PER_ROW_GROUP + columns * PER_CHUNK)
             + pages * PER_PAGE;
         unflushed + data + overhead + footer
+    }
+
+    /// Writes the buffered rows out as a complete row group, so that
+    /// [`ParquetWriter::buffered_bytes_estimate`] shrinks to the footer allowance. Used near a
+    /// size cap to decide precisely whether one more row still fits.
+    pub fn flush_row_group(&mut self) -> Result<(), ParquetError> {
+        self.flush_batch()?;
+        self.writer.flush()?;
+        Ok(())
     }
 
     /// Writes the buffered rows and the footer, and returns the underlying writer.

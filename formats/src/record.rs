@@ -20,7 +20,7 @@ pub type Text = Arc<str>;
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $( $variant:ident = $text:literal ),* $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
         pub enum $name { $( #[doc = concat!("`", $text, "`")] $variant, )* }
 
         impl $name {
@@ -66,7 +66,7 @@ string_enum!(
 /// One flow log record. Field names follow the catalog with `-` → `_` (`type` is
 /// `traffic_type`).
 #[allow(missing_docs)]
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct FlowRecord {
     pub account_id: Option<Text>,
     pub interface_id: Option<Text>,
@@ -164,6 +164,16 @@ macro_rules! slots {
             fn text_slot(&self, field: FieldId) -> Option<&Option<Text>> {
                 match field { $( FieldId::$tv => Some(&self.$tf), )* _ => None }
             }
+            /// Returns the value of a text or address field in one dispatch; other fields are
+            /// `None`.
+            #[inline]
+            fn slot_value(&self, field: FieldId) -> Option<Value<'_>> {
+                match field {
+                    $( FieldId::$tv => Some(self.$tf.as_deref().map_or(Value::Absent, Value::Str)), )*
+                    $( FieldId::$iv => Some(self.$if.map_or(Value::Absent, Value::Ip)), )*
+                    _ => None,
+                }
+            }
             fn text_slot_mut(&mut self, field: FieldId) -> Option<&mut Option<Text>> {
                 match field { $( FieldId::$tv => Some(&mut self.$tf), )* _ => None }
             }
@@ -255,13 +265,8 @@ impl FlowRecord {
     }
 
     /// Returns the value of `field`. `version` is [`Value::Absent`]: it belongs to the format.
+    #[inline]
     pub fn get(&self, field: FieldId) -> Value<'_> {
-        if let Some(slot) = self.text_slot(field) {
-            return slot.as_deref().map_or(Value::Absent, Value::Str);
-        }
-        if let Some(slot) = self.ip_slot(field) {
-            return slot.map_or(Value::Absent, Value::Ip);
-        }
         match field {
             FieldId::SrcPort => opt_int(self.srcport),
             FieldId::DstPort => opt_int(self.dstport),
@@ -277,7 +282,8 @@ impl FlowRecord {
             FieldId::LogStatus => opt_enum(self.log_status, LogStatus::as_str),
             FieldId::Type => opt_enum(self.traffic_type, TrafficType::as_str),
             FieldId::FlowDirection => opt_enum(self.flow_direction, FlowDirection::as_str),
-            _ => Value::Absent,
+            FieldId::Version => Value::Absent,
+            _ => self.slot_value(field).unwrap_or(Value::Absent),
         }
     }
 

@@ -16,7 +16,7 @@
 //! ```
 
 use std::io::{self, BufRead, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -28,10 +28,8 @@ use crate::record::{FlowRecord, Text, Value, ValueError};
 /// Default gzip level for `.log.gz` objects (the level of `gzip -6`).
 pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 
-/// Upper bound on the compressed bytes a [`GzipTextWriter`] holds in memory (its own
-/// buffer, the deflate window and pending output) and has not written out yet, plus the
-/// gzip trailer. `compressed_bytes() + GZIP_MAX_UNFLUSHED_BYTES` bounds the final size.
-pub const GZIP_MAX_UNFLUSHED_BYTES: u64 = 512 * 1024;
+/// Bytes the gzip trailer and the final empty deflate block add when a stream is finished.
+const GZIP_FINISH_BYTES: u64 = 8 + 16;
 
 /// The text writer hands its buffer to the underlying writer once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;
@@ -54,20 +52,104 @@ pub fn encode_line(out: &mut Vec<u8>, format: &LogFormat, version: u8, record: &
         match record.get(*field) {
             Value::Absent => out.push(b'-'),
             Value::Int(v) => push_int(out, v),
-            Value::Ip(IpAddr::V4(ip)) => push_ipv4(out, ip),
-            Value::Ip(ip @ IpAddr::V6(_)) => {
-                // Writing to a Vec cannot fail.
-                let _ = write!(out, "{ip}");
-            }
+            Value::Ip(ip) => push_ip(out, ip),
             Value::Str(s) => push_text(out, s),
         }
     }
     out.push(b'\n');
 }
 
+/// Returns an upper bound on the length of the line [`encode_line`] writes for `record`
+/// (with its `\n`), computed without encoding it.
+pub fn line_len_upper_bound(format: &LogFormat, record: &FlowRecord) -> usize {
+    let values: usize = format
+        .fields()
+        .iter()
+        .map(|field| match record.get(*field) {
+            Value::Absent => 20, // `version` is absent in records and at most 3 digits
+            Value::Int(_) => 20,
+            Value::Ip(_) => 45,
+            Value::Str(s) => 3 * s.len().max(1),
+        })
+        .sum();
+    values + format.len()
+}
+
+/// Returns an upper bound on the deflate output for `n` input bytes that were not flushed
+/// yet (stored-block expansion plus a block header per 16 KiB and a sync-flush marker).
+fn deflate_bound(n: u64) -> u64 {
+    n + n / 1024 + 5 * (n / 16_384 + 1) + 16
+}
+
 fn push_int(out: &mut Vec<u8>, v: i64) {
     let mut buf = itoa::Buffer::new();
     out.extend_from_slice(buf.format(v).as_bytes());
+}
+
+/// Appends an address in its canonical text form (the same as `Display`: dotted quad, or
+/// RFC 5952 IPv6 with `::ffff:a.b.c.d` for IPv4-mapped addresses), without `fmt`.
+pub fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => push_ipv4(out, v4),
+        IpAddr::V6(v6) => push_ipv6(out, v6),
+    }
+}
+
+fn push_ipv6(out: &mut Vec<u8>, ip: Ipv6Addr) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let g = ip.segments();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        out.extend_from_slice(b"::ffff:");
+        push_ipv4(out, v4);
+        return;
+    }
+    // The longest run of at least two zero groups is written `::` (the first on a tie).
+    let (mut best_start, mut best_len, mut run_start, mut run_len) = (0, 0, 0, 0);
+    for (i, &x) in g.iter().enumerate() {
+        if x == 0 {
+            if run_len == 0 {
+                run_start = i;
+            }
+            run_len += 1;
+            if run_len > best_len {
+                (best_start, best_len) = (run_start, run_len);
+            }
+        } else {
+            run_len = 0;
+        }
+    }
+    let push_group = |out: &mut Vec<u8>, x: u16| {
+        let mut started = false;
+        for shift in [12u16, 8, 4, 0] {
+            let d = usize::from((x >> shift) & 0xf);
+            if d != 0 || started || shift == 0 {
+                out.push(HEX[d]);
+                started = true;
+            }
+        }
+    };
+    if best_len < 2 {
+        for (i, &x) in g.iter().enumerate() {
+            if i > 0 {
+                out.push(b':');
+            }
+            push_group(out, x);
+        }
+        return;
+    }
+    for (i, &x) in g[..best_start].iter().enumerate() {
+        if i > 0 {
+            out.push(b':');
+        }
+        push_group(out, x);
+    }
+    out.extend_from_slice(b"::");
+    for (i, &x) in g[best_start + best_len..].iter().enumerate() {
+        if i > 0 {
+            out.push(b':');
+        }
+        push_group(out, x);
+    }
 }
 
 fn push_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
@@ -230,20 +312,42 @@ impl<W: Write> Write for CountingWriter<W> {
 #[derive(Debug)]
 pub struct GzipTextWriter<W: Write> {
     text: TextWriter<GzEncoder<CountingWriter<W>>>,
+    /// Uncompressed bytes (header included) handed in since the last sync flush.
+    unflushed: u64,
 }
 
 impl<W: Write> GzipTextWriter<W> {
     /// Starts a gzip'd text stream in `format` at gzip `level` (0–9).
     pub fn new(inner: W, format: LogFormat, level: u32) -> io::Result<Self> {
         let gz = GzEncoder::new(CountingWriter::new(inner), Compression::new(level.min(9)));
-        Ok(GzipTextWriter {
-            text: TextWriter::new(gz, format)?,
-        })
+        let text = TextWriter::new(gz, format)?;
+        let unflushed = text.buf.len() as u64;
+        Ok(GzipTextWriter { text, unflushed })
     }
 
     /// Appends one record.
     pub fn write_record(&mut self, record: &FlowRecord) -> io::Result<()> {
-        self.text.write_record(record)
+        let before = self.text.record_bytes();
+        self.text.write_record(record)?;
+        self.unflushed += self.text.record_bytes() - before;
+        Ok(())
+    }
+
+    /// Compresses everything handed in so far and writes it out (a deflate sync flush), so
+    /// that [`GzipTextWriter::compressed_bytes`] is exact. Costs a few bytes; meant for use
+    /// near a size cap, not after every record.
+    pub fn sync_flush(&mut self) -> io::Result<()> {
+        self.text.flush_buffer()?;
+        self.text.inner.flush()?;
+        self.unflushed = 0;
+        Ok(())
+    }
+
+    /// Returns an upper bound on the size of the finished object if it were finished now:
+    /// the bytes already written, the worst-case deflate output of the input not flushed
+    /// yet, and the trailer. Exact to within a few bytes right after a sync flush.
+    pub fn final_size_bound(&self) -> u64 {
+        self.compressed_bytes() + deflate_bound(self.unflushed) + GZIP_FINISH_BYTES
     }
 
     /// Returns the number of records written so far.
@@ -251,8 +355,8 @@ impl<W: Write> GzipTextWriter<W> {
         self.text.records()
     }
 
-    /// Returns the compressed bytes handed to the underlying writer so far. The finished
-    /// object is at most [`GZIP_MAX_UNFLUSHED_BYTES`] larger.
+    /// Returns the compressed bytes handed to the underlying writer so far; see
+    /// [`GzipTextWriter::final_size_bound`] for how large the finished object can get.
     pub fn compressed_bytes(&self) -> u64 {
         self.text.get_ref().get_ref().count()
     }
@@ -468,6 +572,96 @@ mod tests {
     use std::io::Read;
 
     #[test]
+    fn final_size_bound_holds_for_incompressible_text_and_is_tight_after_a_flush() {
+        // Random tokens do not compress; the bound must still hold at every point.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let format = LogFormat::parse("${vpc-id} ${srcaddr} ${bytes}").unwrap();
+        let mut w = GzipTextWriter::new(Vec::new(), format.clone(), 6).unwrap();
+        let mut bounds = Vec::new();
+        for i in 0..20_000u64 {
+            let mut r = FlowRecord::default();
+            r.set_str(
+                FieldId::VpcId,
+                &format!("vpc-{:016x}{:016x}", next(), next()),
+            )
+            .unwrap();
+            r.srcaddr = Some(IpAddr::from(
+                (u128::from(next()) << 64 | u128::from(next())).to_be_bytes(),
+            ));
+            r.bytes = Some(next() >> 1);
+            assert!(encode_len(&format, &r) <= line_len_upper_bound(&format, &r));
+            w.write_record(&r).unwrap();
+            if i % 5000 == 4999 {
+                w.sync_flush().unwrap();
+                bounds.push(w.final_size_bound());
+            }
+        }
+        let bound = w.final_size_bound();
+        let len = w.finish().unwrap().len() as u64;
+        assert!(len <= bound, "{len} > {bound}");
+        let last_flushed = *bounds.last().unwrap();
+        assert!(
+            last_flushed >= len && last_flushed - len < 64,
+            "{last_flushed} vs {len}"
+        );
+    }
+
+    fn encode_len(format: &LogFormat, r: &FlowRecord) -> usize {
+        let mut out = Vec::new();
+        encode_line(&mut out, format, format.version(), r);
+        out.len()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ip_fast_path_matches_display(ip in proptest::prelude::any::<IpAddr>(), zeros in 0u8..=255) {
+            // Zero out groups by a mask so that runs of zeros of every length and place occur.
+            let ip = match ip {
+                IpAddr::V6(v6) => {
+                    let mut g = v6.segments();
+                    for (i, x) in g.iter_mut().enumerate() {
+                        if zeros & (1 << i) != 0 {
+                            *x = 0;
+                        }
+                    }
+                    IpAddr::V6(Ipv6Addr::from(g))
+                }
+                v4 => v4,
+            };
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
+        }
+    }
+
+    #[test]
+    fn ipv6_special_forms_match_display() {
+        for s in [
+            "::",
+            "::1",
+            "1::",
+            "::ffff:1.2.3.4",
+            "::1.2.3.4",
+            "2001:db8::1:0:0:1",
+            "2001:0:0:1::1",
+            "fe80::",
+            "1:2:3:4:5:6:7:8",
+            "1:0:2:0:3:0:4:0",
+        ] {
+            let ip: IpAddr = s.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(String::from_utf8(out).unwrap(), ip.to_string(), "{s}");
+        }
+    }
+
+    #[test]
     fn ipv4_fast_path_matches_display() {
         for ip in [
             "0.0.0.0",
@@ -536,9 +730,10 @@ mod tests {
             w.write_record(&rec).unwrap();
         }
         let before_finish = w.compressed_bytes();
+        let bound = w.final_size_bound();
         let out = w.finish().unwrap();
         assert!(out.len() as u64 >= before_finish);
-        assert!(out.len() as u64 <= before_finish + GZIP_MAX_UNFLUSHED_BYTES);
+        assert!(out.len() as u64 <= bound);
         let mut text = String::new();
         flate2::read::GzDecoder::new(&out[..])
             .read_to_string(&mut text)
