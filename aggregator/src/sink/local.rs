@@ -1,0 +1,307 @@
+//! [`LocalDirSink`]: objects as files under a root directory, keys as relative paths.
+//!
+//! A put copies the staged file into a temporary file in the destination directory,
+//! fsyncs it, renames it over the final name and fsyncs the directory: a reader sees
+//! nothing or the whole file, and after a crash the file is either complete or absent
+//! (leftover `.*.tmp` files are ignorable). The staged file is copied, not moved: it
+//! stays until the caller deletes it.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use super::{ObjectSink, PutOutcome, SinkError, SinkErrorKind, unique_suffix};
+
+/// The directory the startup check writes its probe file into (under the root, outside
+/// `AWSLogs/`).
+pub const PROBE_DIR: &str = ".flowlog-probe";
+
+/// Writes objects as files under `root` (`root/{key}`).
+#[derive(Debug, Clone)]
+pub struct LocalDirSink {
+    root: PathBuf,
+}
+
+impl LocalDirSink {
+    /// Creates `root` (and its parents) if needed; the sink keeps its absolute path.
+    pub fn new(root: impl AsRef<Path>) -> Result<Self, SinkError> {
+        let root = root.as_ref();
+        let target = format!("file://{}", root.display());
+        fs::create_dir_all(root)
+            .map_err(|e| io_error("create", &target, "cannot create the directory", e))?;
+        let root = fs::canonicalize(root)
+            .map_err(|e| io_error("create", &target, "cannot resolve the directory", e))?;
+        Ok(Self { root })
+    }
+
+    /// Returns the (absolute) root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Returns the file a key is stored in, refusing keys that are not safe relative
+    /// paths (see [`validate_key`]).
+    pub fn path_for(&self, key: &str) -> Result<PathBuf, SinkError> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+
+    fn url_for(&self, key: &str) -> String {
+        format!("file://{}", self.root.join(key).display())
+    }
+}
+
+/// Refuses keys that could escape the root or alias other keys: empty, absolute,
+/// containing a backslash or NUL, or with an empty, `.` or `..` component.
+pub fn validate_key(key: &str) -> Result<(), SinkError> {
+    let refuse = |reason: &'static str| {
+        Err(SinkError::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return refuse("is empty");
+    }
+    if key.starts_with('/') {
+        return refuse("is absolute (starts with '/')");
+    }
+    if key.contains('\\') {
+        return refuse("contains a backslash");
+    }
+    if key.contains('\0') {
+        return refuse("contains a NUL byte");
+    }
+    for component in key.split('/') {
+        match component {
+            "" => return refuse("has an empty path component"),
+            "." => return refuse("has a \".\" path component"),
+            ".." => return refuse("has a \"..\" path component"),
+            _ => {}
+        }
+    }
+    // Belt and braces: what the OS would make of it must be plain names only.
+    if !Path::new(key)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return refuse("is not a plain relative path");
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl ObjectSink for LocalDirSink {
+    async fn put_file(&self, key: &str, path: &Path) -> Result<PutOutcome, SinkError> {
+        let dest = self.path_for(key)?;
+        let target = self.url_for(key);
+        let source = path.to_owned();
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || copy_atomically(&root, &source, &dest, &target))
+            .await
+            .map_err(|e| {
+                SinkError::failed(
+                    "put",
+                    self.url_for(key),
+                    SinkErrorKind::LocalIo,
+                    "the copy task did not finish",
+                    Some(Box::new(e)),
+                )
+            })??;
+        Ok(PutOutcome::Stored)
+    }
+
+    async fn check(&self) -> Result<(), SinkError> {
+        let root = self.root.clone();
+        let target = format!("file://{}", root.join(PROBE_DIR).display());
+        let task_target = target.clone();
+        tokio::task::spawn_blocking(move || write_and_remove_probe(&root, &task_target))
+            .await
+            .map_err(|e| {
+                SinkError::failed(
+                    "check",
+                    target,
+                    SinkErrorKind::LocalIo,
+                    "the probe task did not finish",
+                    Some(Box::new(e)),
+                )
+            })?
+    }
+
+    fn describe(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+}
+
+/// Copies `source` to `dest` through a temporary file in `dest`'s directory, with fsyncs
+/// of the file, of the directories created on the way and of the final directory.
+fn copy_atomically(root: &Path, source: &Path, dest: &Path, target: &str) -> Result<(), SinkError> {
+    let mut input = File::open(source).map_err(|e| {
+        let reason = format!("cannot open the staged file {}", source.display());
+        io_error("put", target, &reason, e)
+    })?;
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return Err(SinkError::failed(
+            "put",
+            target,
+            SinkErrorKind::InvalidKey,
+            "the key has no file name",
+            None,
+        ));
+    };
+    create_dirs_durably(root, dir)
+        .map_err(|e| io_error("put", target, "cannot create the directory", e))?;
+
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        unique_suffix()
+    ));
+    let written = (|| {
+        let mut output = File::options().write(true).create_new(true).open(&tmp)?;
+        io::copy(&mut input, &mut output)?;
+        output.sync_all()?;
+        drop(output);
+        fs::rename(&tmp, dest)?;
+        sync_dir(dir)
+    })();
+    if let Err(e) = written {
+        // Best effort: the temporary file is garbage either way.
+        let _ = fs::remove_file(&tmp);
+        let reason = format!("cannot write {} via {}", dest.display(), tmp.display());
+        return Err(io_error("put", target, &reason, e));
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing ancestors below `root`, then fsyncs the parent of each
+/// directory it created, so the new entries survive a crash.
+fn create_dirs_durably(root: &Path, dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    let mut cursor = Some(dir);
+    while let Some(d) = cursor {
+        if d.is_dir() || d == root {
+            break;
+        }
+        missing.push(d);
+        cursor = d.parent();
+    }
+    fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn write_and_remove_probe(root: &Path, target: &str) -> Result<(), SinkError> {
+    use std::io::Write as _;
+    let dir = root.join(PROBE_DIR);
+    let file = dir.join(unique_suffix());
+    fs::create_dir_all(&dir)
+        .map_err(|e| io_error("check", target, "cannot create the probe directory", e))?;
+    let written = (|| {
+        let mut f = File::options().write(true).create_new(true).open(&file)?;
+        f.write_all(b"flowlog sink probe; safe to delete\n")?;
+        f.sync_all()
+    })();
+    let removed = fs::remove_file(&file);
+    written.map_err(|e| io_error("check", target, "cannot write the probe file", e))?;
+    removed.map_err(|e| io_error("check", target, "cannot remove the probe file", e))?;
+    // Another check may be running concurrently; then the directory is not empty yet.
+    let _ = fs::remove_dir(&dir);
+    Ok(())
+}
+
+/// Maps an I/O error: permission problems, read-only file systems and missing files need
+/// an operator; anything else (disk full, interrupted, …) may pass.
+fn io_error(op: &'static str, target: &str, what: &str, e: io::Error) -> SinkError {
+    let kind = match e.kind() {
+        io::ErrorKind::PermissionDenied
+        | io::ErrorKind::ReadOnlyFilesystem
+        | io::ErrorKind::NotFound => SinkErrorKind::LocalPermanent,
+        _ => SinkErrorKind::LocalIo,
+    };
+    SinkError::failed(op, target, kind, format!("{what}: {e}"), Some(Box::new(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_validated() {
+        for good in [
+            "a",
+            "a/b.log.gz",
+            "p/AWSLogs/1/vpcflowlogs/r/2018/06/20/x_fe.log.gz",
+            "a..b/c",
+            ".hidden/x",
+        ] {
+            assert!(validate_key(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("/abs", "absolute"),
+            ("a/../b", "\"..\""),
+            ("..", "\"..\""),
+            ("./a", "\".\""),
+            ("a//b", "empty path component"),
+            ("a/", "empty path component"),
+            ("a\\b", "backslash"),
+            ("a\0b", "NUL"),
+        ] {
+            let err = validate_key(bad).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad:?}: {err}");
+            assert!(!err.is_retryable());
+        }
+    }
+
+    #[tokio::test]
+    async fn put_creates_parents_and_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalDirSink::new(dir.path().join("out")).unwrap();
+        let staged = dir.path().join("staged");
+        std::fs::write(&staged, b"hello").unwrap();
+        let out = sink.put_file("a/b/c.log.gz", &staged).await.unwrap();
+        assert_eq!(out, PutOutcome::Stored);
+        assert_eq!(
+            std::fs::read(sink.root().join("a/b/c.log.gz")).unwrap(),
+            b"hello"
+        );
+        assert!(staged.exists(), "the staged file stays");
+        let names: Vec<_> = std::fs::read_dir(sink.root().join("a/b"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("c.log.gz")]);
+        assert!(sink.describe().starts_with("file:///"));
+    }
+
+    #[tokio::test]
+    async fn missing_staged_file_is_permanent() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalDirSink::new(dir.path()).unwrap();
+        let err = sink
+            .put_file("k", &dir.path().join("missing"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), SinkErrorKind::LocalPermanent);
+        assert!(
+            err.to_string().contains("cannot open the staged file"),
+            "{err}"
+        );
+    }
+}
