@@ -1,0 +1,882 @@
+//! Telemetry of the aggregator: logs, Prometheus metrics, health and shutdown signals.
+//!
+//! - [`init_tracing`] installs the global `tracing` subscriber (text or JSON on stderr);
+//! - [`Metrics`] holds every counter, gauge and histogram the service exports, and
+//!   [`Metrics::encode`] renders them as OpenMetrics text;
+//! - [`Health`] is shared state the components mark unhealthy (with a reason) and healthy;
+//! - [`bind_http`] and [`serve_http`] expose `GET /metrics` and `GET /healthz`;
+//! - [`shutdown_signal`] resolves on the first `SIGTERM` or `SIGINT`.
+//!
+//! Label values are always drawn from closed sets of `&'static str` (see [`SINK_LOCAL`],
+//! [`RETRY_TRANSIENT`], …), never from keys, addresses or other unbounded data.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::IsTerminal;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Errors of the telemetry functions.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// A log format name other than `text` or `json`.
+    #[error("unknown log format '{0}', expected one of: text, json")]
+    UnknownLogFormat(String),
+    /// The log filter (the `filter` argument or `RUST_LOG`) cannot be parsed.
+    #[error("invalid log filter '{filter}' (from {origin})")]
+    LogFilter {
+        /// The filter text.
+        filter: String,
+        /// Where it came from: `RUST_LOG` or the configuration.
+        origin: &'static str,
+        /// The parse error.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// The metrics endpoint cannot listen on its address.
+    #[error("cannot bind the metrics endpoint to {addr}")]
+    Bind {
+        /// The address as given.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics endpoint failed while serving.
+    #[error("the metrics endpoint failed")]
+    Serve(#[source] std::io::Error),
+}
+
+// ---------------------------------------------------------------------------------------
+// Logs
+// ---------------------------------------------------------------------------------------
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogOutput {
+    /// Human-readable lines (coloured when stderr is a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogOutput {
+    /// Returns the configuration name: `text` or `json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogOutput::Text => "text",
+            LogOutput::Json => "json",
+        }
+    }
+}
+
+impl FromStr for LogOutput {
+    type Err = TelemetryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogOutput::Text),
+            "json" => Ok(LogOutput::Json),
+            other => Err(TelemetryError::UnknownLogFormat(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for LogOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Builds the filter: `RUST_LOG` (when set and not blank) wins over `filter`.
+fn build_filter(filter: &str, rust_log: Option<String>) -> Result<EnvFilter, TelemetryError> {
+    let (text, origin) = match rust_log {
+        Some(env) if !env.trim().is_empty() => (env, "RUST_LOG"),
+        _ => (filter.to_owned(), "the configuration"),
+    };
+    EnvFilter::try_new(&text).map_err(|source| TelemetryError::LogFilter {
+        filter: text,
+        origin,
+        source,
+    })
+}
+
+/// Installs the global `tracing` subscriber, writing to stderr in `format`.
+///
+/// `filter` is an [`EnvFilter`] directive such as `info` or `info,flowlog_aggregator=debug`;
+/// the `RUST_LOG` environment variable replaces it when set. Safe to call more than once:
+/// when a global subscriber is already installed the call does nothing and returns `Ok`
+/// (the filter is still validated).
+pub fn init_tracing(format: LogOutput, filter: &str) -> Result<(), TelemetryError> {
+    let env_filter = build_filter(filter, std::env::var("RUST_LOG").ok())?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogOutput::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogOutput::Json => builder.json().with_current_span(true).try_init(),
+    };
+    // The only failure is "a global subscriber (or `log` logger) is already set":
+    // a second call is a no-op by contract.
+    let _already_set = result;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------
+
+/// Label value of the local-directory sink.
+pub const SINK_LOCAL: &str = "local";
+/// Label value of the S3 sink.
+pub const SINK_S3: &str = "s3";
+/// All `sink` label values.
+pub const SINKS: [&str; 2] = [SINK_LOCAL, SINK_S3];
+
+/// Label value of a retry after a transient error (throttling, timeouts, 5xx).
+pub const RETRY_TRANSIENT: &str = "transient";
+/// Label value of a retry after a permanent error (access denied, missing bucket, …).
+pub const RETRY_PERMANENT: &str = "permanent";
+/// All `class` label values.
+pub const RETRY_CLASSES: [&str; 2] = [RETRY_TRANSIENT, RETRY_PERMANENT];
+
+/// All `reason` label values of `flowlog_sealed_files_total` (they match
+/// `SealReason::as_str` in the stager).
+pub const SEAL_REASONS: [&str; 4] = ["window_closed", "size_cap", "open_file_limit", "shutdown"];
+
+/// Labels `{sink}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// [`SINK_LOCAL`] or [`SINK_S3`].
+    pub sink: &'static str,
+}
+
+/// Labels `{sink, class}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// [`SINK_LOCAL`] or [`SINK_S3`].
+    pub sink: &'static str,
+    /// [`RETRY_TRANSIENT`] or [`RETRY_PERMANENT`].
+    pub class: &'static str,
+}
+
+/// Labels `{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SealLabels {
+    /// One of [`SEAL_REASONS`].
+    pub reason: &'static str,
+}
+
+/// Labels `{version}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BuildInfoLabels {
+    /// The crate version.
+    pub version: &'static str,
+}
+
+/// Every metric the aggregator exports, registered in one [`Registry`].
+///
+/// Metric handles are cheap clones sharing their value, and all of them are public:
+/// `metrics.records_in.inc_by(n)`,
+/// `metrics.files_published.get_or_create(&SinkLabels { sink: SINK_S3 }).inc()`, or the
+/// helpers [`Metrics::observe_upload`], [`Metrics::observe_upload_failure`],
+/// [`Metrics::observe_sealed`] and [`Metrics::set_pipeline_gauges`].
+/// Every known label combination is created up front so its series is exported as 0.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `flowlog_records_in_total`: records accepted into the WAL.
+    pub records_in: Counter,
+    /// `flowlog_bad_records_total`: malformed input lines/rows skipped.
+    pub bad_records: Counter,
+    /// `flowlog_late_records_total`: records that arrived after their window closed.
+    pub late_records: Counter,
+    /// `flowlog_records_published_total{sink}`: records in published files.
+    pub records_published: Family<SinkLabels, Counter>,
+    /// `flowlog_files_published_total{sink}`: files published.
+    pub files_published: Family<SinkLabels, Counter>,
+    /// `flowlog_bytes_published_total{sink}`: bytes of published files.
+    pub bytes_published: Family<SinkLabels, Counter>,
+    /// `flowlog_upload_retries_total{sink, class}`: upload attempts that are retried.
+    pub upload_retries: Family<RetryLabels, Counter>,
+    /// `flowlog_staged_bytes`: bytes of sealed files waiting for upload.
+    pub staged_bytes: Gauge,
+    /// `flowlog_staged_files`: sealed files waiting for upload.
+    pub staged_files: Gauge,
+    /// `flowlog_open_files`: files being written.
+    pub open_files: Gauge,
+    /// `flowlog_wal_bytes`: size of the write-ahead log.
+    pub wal_bytes: Gauge,
+    /// `flowlog_oldest_unpublished_window_age_seconds`: age of the oldest window end with
+    /// records not yet published (0 when there is none).
+    pub oldest_unpublished_window_age_seconds: Gauge,
+    /// `flowlog_sealed_files_total{reason}`: files sealed, by reason.
+    pub sealed_files: Family<SealLabels, Counter>,
+    /// `flowlog_upload_seconds`: duration of each successful upload.
+    pub upload_seconds: Histogram,
+    /// `flowlog_build_info{version}`: always 1.
+    pub build_info: Family<BuildInfoLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Creates and registers all metrics.
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+
+        // prometheus-client appends `_total` to counter names.
+        let records_in = Counter::default();
+        registry.register(
+            "flowlog_records_in",
+            "Records accepted into the WAL",
+            records_in.clone(),
+        );
+        let bad_records = Counter::default();
+        registry.register(
+            "flowlog_bad_records",
+            "Malformed input lines or rows skipped",
+            bad_records.clone(),
+        );
+        let late_records = Counter::default();
+        registry.register(
+            "flowlog_late_records",
+            "Records that arrived after their window closed",
+            late_records.clone(),
+        );
+
+        let records_published = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "flowlog_records_published",
+            "Records in files published, by sink",
+            records_published.clone(),
+        );
+        let files_published = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "flowlog_files_published",
+            "Files published, by sink",
+            files_published.clone(),
+        );
+        let bytes_published = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "flowlog_bytes_published",
+            "Bytes of files published, by sink",
+            bytes_published.clone(),
+        );
+        let upload_retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "flowlog_upload_retries",
+            "Upload attempts retried, by sink and error class",
+            upload_retries.clone(),
+        );
+
+        let staged_bytes = Gauge::default();
+        registry.register(
+            "flowlog_staged_bytes",
+            "Bytes of sealed files waiting for upload",
+            staged_bytes.clone(),
+        );
+        let staged_files = Gauge::default();
+        registry.register(
+            "flowlog_staged_files",
+            "Sealed files waiting for upload",
+            staged_files.clone(),
+        );
+        let open_files = Gauge::default();
+        registry.register(
+            "flowlog_open_files",
+            "Files being written",
+            open_files.clone(),
+        );
+        let wal_bytes = Gauge::default();
+        registry.register(
+            "flowlog_wal_bytes",
+            "Bytes in the write-ahead log",
+            wal_bytes.clone(),
+        );
+        let oldest_unpublished_window_age_seconds = Gauge::default();
+        registry.register(
+            "flowlog_oldest_unpublished_window_age_seconds",
+            "Age of the oldest window end with records not yet published (0 when none)",
+            oldest_unpublished_window_age_seconds.clone(),
+        );
+
+        let sealed_files = Family::<SealLabels, Counter>::default();
+        registry.register(
+            "flowlog_sealed_files",
+            "Files sealed, by reason",
+            sealed_files.clone(),
+        );
+
+        // 5 ms … ~82 s.
+        let upload_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 15));
+        registry.register(
+            "flowlog_upload_seconds",
+            "Duration of successful uploads",
+            upload_seconds.clone(),
+        );
+
+        let build_info = Family::<BuildInfoLabels, Gauge>::default();
+        registry.register(
+            "flowlog_build_info",
+            "Build information; always 1",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildInfoLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+
+        // `get_or_create` returns a read guard; dropping it at once just leaves the series.
+        for sink in SINKS {
+            let labels = SinkLabels { sink };
+            drop(records_published.get_or_create(&labels));
+            drop(files_published.get_or_create(&labels));
+            drop(bytes_published.get_or_create(&labels));
+            for class in RETRY_CLASSES {
+                drop(upload_retries.get_or_create(&RetryLabels { sink, class }));
+            }
+        }
+        for reason in SEAL_REASONS {
+            drop(sealed_files.get_or_create(&SealLabels { reason }));
+        }
+
+        Arc::new(Metrics {
+            registry,
+            records_in,
+            bad_records,
+            late_records,
+            records_published,
+            files_published,
+            bytes_published,
+            upload_retries,
+            staged_bytes,
+            staged_files,
+            open_files,
+            wal_bytes,
+            oldest_unpublished_window_age_seconds,
+            sealed_files,
+            upload_seconds,
+            build_info,
+        })
+    }
+
+    /// Records one successful upload to `sink` ([`SINK_LOCAL`] or [`SINK_S3`]) of a file
+    /// of `bytes` bytes and `records` records that took `elapsed`.
+    pub fn observe_upload(&self, sink: &'static str, bytes: u64, records: u64, elapsed: Duration) {
+        let labels = SinkLabels { sink };
+        self.records_published
+            .get_or_create(&labels)
+            .inc_by(records);
+        self.files_published.get_or_create(&labels).inc();
+        self.bytes_published.get_or_create(&labels).inc_by(bytes);
+        self.upload_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one failed upload attempt to `sink` that will be retried: class
+    /// [`RETRY_TRANSIENT`] when `retryable`, else [`RETRY_PERMANENT`].
+    pub fn observe_upload_failure(&self, sink: &'static str, retryable: bool) {
+        let class = if retryable {
+            RETRY_TRANSIENT
+        } else {
+            RETRY_PERMANENT
+        };
+        self.upload_retries
+            .get_or_create(&RetryLabels { sink, class })
+            .inc();
+    }
+
+    /// Records one file sealed for `reason` (one of [`SEAL_REASONS`]).
+    pub fn observe_sealed(&self, reason: &'static str) {
+        self.sealed_files
+            .get_or_create(&SealLabels { reason })
+            .inc();
+    }
+
+    /// Sets the pipeline gauges at once: staged bytes and files, open files, WAL bytes and
+    /// the age in seconds of the oldest unpublished window end (0 when none). Values above
+    /// `i64::MAX` are clamped.
+    pub fn set_pipeline_gauges(
+        &self,
+        staged_bytes: u64,
+        staged_files: u64,
+        open_files: u64,
+        wal_bytes: u64,
+        oldest_unpublished_window_age_seconds: u64,
+    ) {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.staged_bytes.set(clamp(staged_bytes));
+        self.staged_files.set(clamp(staged_files));
+        self.open_files.set(clamp(open_files));
+        self.wal_bytes.set(clamp(wal_bytes));
+        self.oldest_unpublished_window_age_seconds
+            .set(clamp(oldest_unpublished_window_age_seconds));
+    }
+
+    /// Renders every metric as OpenMetrics text (ending in `# EOF`).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; on the impossible error the text so far is
+        // returned rather than panicking.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Health
+// ---------------------------------------------------------------------------------------
+
+/// Shared health state: healthy unless some component says otherwise.
+///
+/// Clones share the same state.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    problems: Arc<Mutex<BTreeMap<&'static str, String>>>,
+}
+
+impl Health {
+    /// Creates a healthy state.
+    pub fn new() -> Health {
+        Health::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, String>> {
+        // The map is always consistent, so a poisoned lock is still usable.
+        self.problems.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks `component` unhealthy because of `reason` (replacing its previous reason).
+    pub fn set_unhealthy(&self, component: &'static str, reason: String) {
+        self.lock().insert(component, reason);
+    }
+
+    /// Marks `component` healthy again.
+    pub fn set_healthy(&self, component: &'static str) {
+        self.lock().remove(component);
+    }
+
+    /// Returns whether no component is unhealthy.
+    pub fn is_healthy(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Returns the unhealthy components and their reasons, sorted by component.
+    pub fn reasons(&self) -> Vec<(&'static str, String)> {
+        self.lock().iter().map(|(c, r)| (*c, r.clone())).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP endpoint
+// ---------------------------------------------------------------------------------------
+
+/// Content type of [`Metrics::encode`] output.
+const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    health: Health,
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn health_handler(State(state): State<AppState>) -> Response {
+    let reasons = state.health.reasons();
+    if reasons.is_empty() {
+        return (StatusCode::OK, "ok\n").into_response();
+    }
+    let mut body = String::new();
+    for (component, reason) in reasons {
+        // One line per reason, whatever the reason text holds.
+        let reason = reason.replace(['\r', '\n'], " ");
+        body.push_str(component);
+        body.push_str(": ");
+        body.push_str(&reason);
+        body.push('\n');
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+/// Binds the metrics endpoint's listener to `addr` (such as `127.0.0.1:9464`).
+pub async fn bind_http(addr: &str) -> Result<TcpListener, TelemetryError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Serves `GET /metrics` (OpenMetrics text) and `GET /healthz` (`200 ok` or `503` with one
+/// `component: reason` line per problem) on `listener`; other paths get `404`.
+///
+/// Returns once `cancel` fires and the open requests have finished.
+pub async fn serve_http(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    health: Health,
+    cancel: CancellationToken,
+) -> Result<(), TelemetryError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics endpoint listening");
+    }
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(health_handler))
+        .fallback(not_found)
+        .with_state(AppState { metrics, health });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+        .map_err(TelemetryError::Serve)
+}
+
+// ---------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------
+
+/// Waits for `kind`; never resolves when the handler cannot be installed.
+async fn wait_for(kind: SignalKind, name: &'static str) {
+    match signal(kind) {
+        Ok(mut stream) => {
+            stream.recv().await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, signal = name, "cannot listen for the signal");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves on the first `SIGTERM` or `SIGINT`.
+///
+/// Both handlers are installed on the first poll; from then on these signals no longer
+/// end the process by themselves.
+pub async fn shutdown_signal() {
+    let name = tokio::select! {
+        () = wait_for(SignalKind::terminate(), "SIGTERM") => "SIGTERM",
+        () = wait_for(SignalKind::interrupt(), "SIGINT") => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// Sends one HTTP/1.1 request and returns (status, headers, body).
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let req =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, head.to_owned(), body.to_owned())
+    }
+
+    async fn start() -> (
+        SocketAddr,
+        Arc<Metrics>,
+        Health,
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), TelemetryError>>,
+    ) {
+        let listener = bind_http("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::new();
+        let health = Health::new();
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(serve_http(
+            listener,
+            metrics.clone(),
+            health.clone(),
+            cancel.clone(),
+        ));
+        (addr, metrics, health, cancel, task)
+    }
+
+    #[test]
+    fn log_output_parses() {
+        assert_eq!("text".parse::<LogOutput>().unwrap(), LogOutput::Text);
+        assert_eq!("json".parse::<LogOutput>().unwrap(), LogOutput::Json);
+        let e = "xml".parse::<LogOutput>().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown log format 'xml', expected one of: text, json"
+        );
+        assert_eq!(LogOutput::Json.to_string(), "json");
+    }
+
+    #[test]
+    fn filter_prefers_rust_log() {
+        assert!(build_filter("info", None).is_ok());
+        assert!(build_filter("info,flowlog_aggregator=debug", Some("  ".into())).is_ok());
+        let e = build_filter("info,x=notalevel", None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("'info,x=notalevel' (from the configuration)"),
+            "{e}"
+        );
+        // RUST_LOG wins, even over a bad configured filter.
+        assert!(build_filter("x=notalevel", Some("debug".into())).is_ok());
+        let e = build_filter("info", Some("y=bogus".into())).unwrap_err();
+        assert!(e.to_string().contains("from RUST_LOG"), "{e}");
+    }
+
+    #[test]
+    fn init_tracing_twice_is_ok() {
+        init_tracing(LogOutput::Text, "warn").unwrap();
+        init_tracing(LogOutput::Json, "warn").unwrap();
+    }
+
+    #[test]
+    fn encode_has_every_metric() {
+        let m = Metrics::new();
+        m.records_in.inc_by(3);
+        m.observe_upload(SINK_LOCAL, 2048, 10, Duration::from_millis(250));
+        m.observe_upload_failure(SINK_S3, true);
+        m.observe_upload_failure(SINK_S3, false);
+        m.observe_upload_failure(SINK_S3, false);
+        m.observe_sealed("size_cap");
+        m.set_pipeline_gauges(77, 2, 3, 4096, 42);
+        let text = m.encode();
+        for line in [
+            "flowlog_records_in_total 3",
+            "flowlog_bad_records_total 0",
+            "flowlog_late_records_total 0",
+            "flowlog_records_published_total{sink=\"local\"} 10",
+            "flowlog_records_published_total{sink=\"s3\"} 0",
+            "flowlog_files_published_total{sink=\"local\"} 1",
+            "flowlog_bytes_published_total{sink=\"local\"} 2048",
+            "flowlog_upload_retries_total{sink=\"s3\",class=\"transient\"} 1",
+            "flowlog_upload_retries_total{sink=\"s3\",class=\"permanent\"} 2",
+            "flowlog_upload_retries_total{sink=\"local\",class=\"permanent\"} 0",
+            "flowlog_staged_bytes 77",
+            "flowlog_staged_files 2",
+            "flowlog_open_files 3",
+            "flowlog_wal_bytes 4096",
+            "flowlog_oldest_unpublished_window_age_seconds 42",
+            "flowlog_sealed_files_total{reason=\"size_cap\"} 1",
+            "flowlog_sealed_files_total{reason=\"shutdown\"} 0",
+            "flowlog_upload_seconds_count 1",
+            "flowlog_upload_seconds_sum 0.25",
+            "# TYPE flowlog_upload_seconds histogram",
+            "# TYPE flowlog_staged_bytes gauge",
+            "# TYPE flowlog_records_in counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        let build = format!(
+            "flowlog_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.lines().any(|l| l == build), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn health_tracks_components() {
+        let h = Health::new();
+        let shared = h.clone();
+        assert!(h.is_healthy());
+        shared.set_unhealthy("wal", "disk full".into());
+        shared.set_unhealthy("sink", "access denied".into());
+        assert!(!h.is_healthy());
+        assert_eq!(
+            h.reasons(),
+            vec![
+                ("sink", "access denied".to_owned()),
+                ("wal", "disk full".to_owned())
+            ]
+        );
+        shared.set_unhealthy("wal", "disk still full".into());
+        h.set_healthy("sink");
+        assert_eq!(h.reasons(), vec![("wal", "disk still full".to_owned())]);
+        h.set_healthy("wal");
+        assert!(h.is_healthy());
+        assert!(h.reasons().is_empty());
+    }
+
+    #[tokio::test]
+    async fn metrics_endpoint_serves_counters() {
+        let (addr, metrics, _health, cancel, task) = start().await;
+        metrics.records_in.inc_by(5);
+        metrics
+            .files_published
+            .get_or_create(&SinkLabels { sink: SINK_S3 })
+            .inc_by(2);
+        let (status, head, body) = request(addr, "GET", "/metrics").await;
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/openmetrics-text"),
+            "{head}"
+        );
+        assert!(
+            body.lines().any(|l| l == "flowlog_records_in_total 5"),
+            "{body}"
+        );
+        assert!(
+            body.lines()
+                .any(|l| l == "flowlog_files_published_total{sink=\"s3\"} 2"),
+            "{body}"
+        );
+        assert!(
+            body.lines()
+                .any(|l| l == "flowlog_files_published_total{sink=\"local\"} 0"),
+            "{body}"
+        );
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn healthz_flips() {
+        let (addr, _metrics, health, cancel, task) = start().await;
+        let (status, _, body) = request(addr, "GET", "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+        health.set_unhealthy("sink", "upload failing: access denied".into());
+        health.set_unhealthy("wal", "line one\nline two".into());
+        let (status, _, body) = request(addr, "GET", "/healthz").await;
+        assert_eq!(status, 503);
+        assert_eq!(
+            body,
+            "sink: upload failing: access denied\nwal: line one line two\n"
+        );
+
+        health.set_healthy("sink");
+        health.set_healthy("wal");
+        let (status, _, body) = request(addr, "GET", "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok\n"));
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn other_paths_are_404() {
+        let (addr, _metrics, _health, cancel, task) = start().await;
+        for path in ["/", "/metrics/x", "/health", "/favicon.ico"] {
+            let (status, _, _) = request(addr, "GET", path).await;
+            assert_eq!(status, 404, "{path}");
+        }
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn server_stops_when_cancelled() {
+        let (addr, _metrics, _health, cancel, task) = start().await;
+        // An idle keep-alive connection must not hold the shutdown up.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = idle.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "listener still open"
+        );
+    }
+
+    #[tokio::test]
+    async fn bind_error_names_the_address() {
+        let e = bind_http("256.0.0.1:1").await.unwrap_err();
+        assert!(e.to_string().contains("256.0.0.1:1"), "{e}");
+        let taken = bind_http("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let e = bind_http(&addr).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot bind the metrics endpoint to {addr}")
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_signal_resolves_on_sigterm() {
+        let mut fut = std::pin::pin!(shutdown_signal());
+        // Poll once so both handlers are installed before the signal is sent.
+        tokio::select! {
+            biased;
+            () = &mut fut => panic!("resolved without a signal"),
+            () = std::future::ready(()) => {}
+        }
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .unwrap();
+    }
+}
