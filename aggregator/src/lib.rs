@@ -4,7 +4,18 @@
 //! ingest ─▶ WAL ─▶ window ─▶ encode (text gz / Parquet) ─▶ stage ─▶ upload (local dir / S3)
 //! ```
 //!
-//! Today this crate provides [`convert`], which rewrites existing flow log files between
-//! formats with the same encoders the publishing pipeline uses.
+//! - [`convert`]: rewrites existing flow log files between formats;
+//! - [`config`]: the TOML config and its validation;
+//! - [`pipeline`]: WAL → windows → staged files → uploads, exactly once;
+//! - [`import`]: publishing existing files through the pipeline;
+//! - [`wal`]: the append-only write-ahead log records pass through;
+//! - [`sink`]: where finished objects go (local directory, S3);
+//! - [`telemetry`]: logs, Prometheus metrics, health and signals.
 
+pub mod config;
 pub mod convert;
+pub mod import;
+pub mod pipeline;
+pub mod sink;
+pub mod telemetry;
+pub mod wal;

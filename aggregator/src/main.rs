@@ -1,13 +1,24 @@
 //! Command-line entry point of `flowlog-aggregator`.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use flowlog_aggregator::config::{self, Settings, SinkSettings};
 use flowlog_aggregator::convert::{self, ConvertSettings, Input, OutputFormat};
+use flowlog_aggregator::import::{self, ImportInput};
+use flowlog_aggregator::pipeline::Pipeline;
+use flowlog_aggregator::sink::ObjectSink;
+use flowlog_aggregator::sink::local::LocalDirSink;
+use flowlog_aggregator::sink::s3::S3Sink;
+use flowlog_aggregator::telemetry::{self, Metrics};
 use flowlog_formats::LogFormat;
 use flowlog_formats::parquet::ParquetOptions;
 use flowlog_formats::text::DEFAULT_GZIP_LEVEL;
+use tokio_util::sync::CancellationToken;
 
 /// Exit code for invalid usage (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -27,6 +38,35 @@ enum Command {
     /// field format.
     #[command(after_help = CONVERT_EXAMPLES)]
     Convert(ConvertArgs),
+    /// Publish existing flow log files through the pipeline (windows, size cap, keys, sink)
+    /// exactly once; re-running the same command resumes an interrupted import.
+    Import(ImportArgs),
+    /// Validate a config file: exit 0 if it is usable, 64 with every problem listed if not.
+    CheckConfig(ConfigArg),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArg {
+    /// The TOML config file.
+    #[arg(long, short, value_name = "FILE")]
+    config: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The TOML config file ([flow_log], [output], [sink], [state], [service]).
+    #[arg(long, short, value_name = "FILE")]
+    config: std::path::PathBuf,
+    /// Validate the config and exit (0 = usable, 64 = not).
+    #[arg(long)]
+    check_config: bool,
+    /// Format of header-less text inputs (e.g. CloudWatch Logs exports), as
+    /// `${field} ${field} …`; inputs with a header line are read by their header.
+    #[arg(long, value_name = "FORMAT")]
+    input_format: Option<String>,
+    /// Input files (`.log.gz`, `.log.parquet`, plain text); `-` is stdin.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<String>,
 }
 
 const CONVERT_EXAMPLES: &str = "\
@@ -74,7 +114,169 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Convert(args) => run_convert(args),
+        Command::Import(args) => run_import(args),
+        Command::CheckConfig(args) => match config::load(&args.config) {
+            Ok(_) => {
+                eprintln!("{}: ok", args.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
     }
+}
+
+/// Loads the config or explains why not (exit 64).
+fn load_config(path: &std::path::Path) -> Result<Settings, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EX_USAGE)
+    })
+}
+
+/// Builds the configured sink and runs its startup check.
+async fn connect_sink(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectSink>> {
+    let sink: Arc<dyn ObjectSink> = match &settings.sink {
+        SinkSettings::Local { path, .. } => Arc::new(LocalDirSink::new(path)?),
+        SinkSettings::S3 { settings, .. } => Arc::new(S3Sink::connect((**settings).clone()).await?),
+    };
+    sink.check()
+        .await
+        .with_context(|| format!("startup check of {} failed", sink.describe()))?;
+    Ok(sink)
+}
+
+fn run_import(args: ImportArgs) -> ExitCode {
+    let settings = match load_config(&args.config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if args.check_config {
+        eprintln!("{}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let headerless = match args
+        .input_format
+        .as_deref()
+        .map(LogFormat::parse)
+        .transpose()
+    {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: --input-format: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if let Err(e) =
+        telemetry::init_tracing(settings.service.log_format, &settings.service.log_level)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    match import_main(&settings, &args.inputs, headerless.as_ref()) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn import_main(
+    settings: &Settings,
+    inputs: &[String],
+    headerless: Option<&LogFormat>,
+) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let cancel = CancellationToken::new();
+    let metrics = Metrics::new();
+    let health = telemetry::Health::default();
+    let sink = runtime.block_on(connect_sink(settings))?;
+    if let Some(address) = &settings.service.metrics_address {
+        let listener = runtime.block_on(telemetry::bind_http(address))?;
+        runtime.spawn(telemetry::serve_http(
+            listener,
+            Arc::clone(&metrics),
+            health,
+            cancel.clone(),
+        ));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        runtime.spawn(async move {
+            telemetry::shutdown_signal().await;
+            tracing::info!("signal received: sealing open files and uploading");
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let started = Instant::now();
+    let pipeline = Pipeline::start(
+        settings,
+        Arc::clone(&sink),
+        Arc::clone(&metrics),
+        runtime.handle().clone(),
+        cancel.clone(),
+    )?;
+    let inputs: Vec<ImportInput> = inputs.iter().map(|a| ImportInput::from_arg(a)).collect();
+    let summary = import::import(&pipeline, settings, &inputs, headerless, &stop)?;
+    pipeline.seal_all()?;
+    let wait = if summary.interrupted || stop.load(Ordering::Relaxed) {
+        settings.service.shutdown_grace
+    } else {
+        Duration::from_secs(u64::MAX / 4)
+    };
+    let published = pipeline.wait_published(wait)?;
+    cancel.cancel();
+    let stats = pipeline.stop()?;
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "imported {} records from {} input(s) in {:.1}s ({:.0} records/s); {} already imported, {} records resumed, {} malformed skipped",
+        summary.records,
+        summary.inputs_read,
+        secs,
+        summary.records as f64 / secs.max(0.001),
+        summary.inputs_already_done,
+        summary.records_resumed,
+        summary.bad_records,
+    );
+    eprintln!(
+        "published {} file(s), {} records, {} bytes to {}{}",
+        stats.files_published,
+        stats.records_published,
+        stats.bytes_published,
+        sink.describe(),
+        if stats.records_replayed > 0 {
+            format!(
+                " (including {} records recovered from an earlier run)",
+                stats.records_replayed
+            )
+        } else {
+            String::new()
+        }
+    );
+    if summary.inputs_read == 0 && summary.records == 0 && stats.files_published == 0 {
+        eprintln!("nothing new to publish");
+    }
+    if !published {
+        eprintln!(
+            "error: some files are still staged in {}; they are uploaded at the next start",
+            settings.state.dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if summary.interrupted {
+        eprintln!("interrupted: progress is kept; run the same command again to resume");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_convert(args: ConvertArgs) -> ExitCode {

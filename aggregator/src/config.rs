@@ -1,0 +1,889 @@
+//! Configuration: a TOML file read once at startup into validated [`Settings`].
+//!
+//! Every problem is reported at once, each naming its key (`output.window: …`): unknown
+//! keys, wrong types and invalid values alike. `docs/configuration.md` documents every key.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use flowlog_formats::LogFormat;
+use flowlog_formats::key::{
+    KeyLayout, KeyPrefix, validate_account_id, validate_flow_log_id, validate_region,
+};
+use flowlog_formats::parquet::ParquetOptions;
+use serde::Deserialize;
+
+use crate::convert::OutputFormat;
+use crate::sink::s3::{ChecksumMode, S3Settings, Sse};
+use crate::telemetry::LogOutput;
+use crate::wal::FsyncPolicy;
+
+/// The most a single object may hold: AWS's historic per-file limit.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 75_000_000;
+
+/// Validated settings of the aggregator (and of the agent's standalone mode).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Identity used in keys when records do not say otherwise.
+    pub flow_log: FlowLogSettings,
+    /// What is written and how files are cut.
+    pub output: OutputSettings,
+    /// Where finished files go.
+    pub sink: SinkSettings,
+    /// Local state: WAL, staging, manifest.
+    pub state: StateSettings,
+    /// Logs, metrics, shutdown.
+    pub service: ServiceSettings,
+}
+
+/// `[flow_log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowLogSettings {
+    /// Flow log id (`fl-…`), in every file name.
+    pub id: String,
+    /// Account used when a record has no `account-id`.
+    pub account_id: String,
+    /// Region used when a record has no `region`.
+    pub region: String,
+}
+
+/// `[output]`.
+#[derive(Debug, Clone)]
+pub struct OutputSettings {
+    /// Text or Parquet.
+    pub format: OutputFormat,
+    /// Fields of every record.
+    pub log_format: LogFormat,
+    /// Key layout.
+    pub layout: KeyLayout,
+    /// Optional folder in front of `AWSLogs/`.
+    pub prefix: KeyPrefix,
+    /// No object is larger than this (stored bytes).
+    pub max_file_bytes: u64,
+    /// Width of a file window (divides one hour).
+    pub window: Duration,
+    /// How long a window stays open after its end for records that arrive late.
+    pub grace: Duration,
+    /// gzip level of text files.
+    pub gzip_level: u32,
+    /// Parquet writer options.
+    pub parquet: ParquetOptions,
+    /// Files written at once; beyond it the least recently written file is sealed.
+    pub max_open_files: usize,
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone)]
+pub enum SinkSettings {
+    /// A local directory.
+    Local {
+        /// The directory `AWSLogs/…` is written under.
+        path: PathBuf,
+        /// Sealed files waiting for upload at most; sealing waits beyond it.
+        max_pending_uploads: usize,
+    },
+    /// An S3 bucket (or S3-compatible store).
+    S3 {
+        /// Client and request options.
+        settings: Box<S3Settings>,
+        /// Sealed files waiting for upload at most; sealing waits beyond it.
+        max_pending_uploads: usize,
+    },
+}
+
+impl SinkSettings {
+    /// Returns the bound on sealed files waiting for upload.
+    pub fn max_pending_uploads(&self) -> usize {
+        match self {
+            SinkSettings::Local {
+                max_pending_uploads,
+                ..
+            }
+            | SinkSettings::S3 {
+                max_pending_uploads,
+                ..
+            } => *max_pending_uploads,
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// Directory of the WAL, staged files and the manifest.
+    pub dir: PathBuf,
+    /// When WAL appends are made durable.
+    pub fsync: FsyncPolicy,
+    /// Size of WAL segment files.
+    pub wal_segment_bytes: u64,
+    /// Writer id in every file's hash; `None` = derived once and kept in the state dir.
+    pub writer_id: Option<String>,
+}
+
+/// `[service]`.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// How long shutdown may take to seal and upload before exiting anyway.
+    pub shutdown_grace: Duration,
+    /// Address of the `/metrics` and `/healthz` endpoint; `None` = off.
+    pub metrics_address: Option<String>,
+    /// Log output format.
+    pub log_format: LogOutput,
+    /// Log filter (`info`, `debug`, `flowlog_aggregator=debug,info`, …).
+    pub log_level: String,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key (`output.window`), or `(file)` for syntax errors.
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A config file that cannot be used; lists every problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// Every problem found.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config {}", self.path)?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// A byte size: an integer, or a string with a unit (`"64MiB"`, `"75MB"`, `"512KiB"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("'{s}' is not a size such as 75000000, \"64MiB\" or \"75MB\""))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KB" | "kB" => 1_000,
+            "MB" => 1_000_000,
+            "GB" => 1_000_000_000,
+            "KiB" => 1 << 10,
+            "MiB" => 1 << 20,
+            "GiB" => 1 << 30,
+            other => {
+                return Err(format!(
+                    "unknown unit '{other}' in '{s}' (use B, KB, MB, GB, KiB, MiB or GiB)"
+                ));
+            }
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("'{s}' is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFlowLog {
+    id: Option<String>,
+    account_id: Option<String>,
+    region: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    format: Option<String>,
+    log_format: Option<String>,
+    layout: Option<String>,
+    prefix: Option<String>,
+    max_file_bytes: Option<ByteSize>,
+    window: Option<String>,
+    grace: Option<String>,
+    gzip_level: Option<u32>,
+    parquet_dictionary: Option<bool>,
+    parquet_row_group_rows: Option<usize>,
+    max_open_files: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    path: Option<PathBuf>,
+    max_pending_uploads: Option<usize>,
+    bucket: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    force_path_style: Option<bool>,
+    role_arn: Option<String>,
+    external_id: Option<String>,
+    role_session_name: Option<String>,
+    sse: Option<String>,
+    kms_key_id: Option<String>,
+    bucket_key_enabled: Option<bool>,
+    acl: Option<String>,
+    storage_class: Option<String>,
+    checksum: Option<String>,
+    multipart_threshold: Option<ByteSize>,
+    part_size: Option<ByteSize>,
+    upload_concurrency: Option<usize>,
+    if_none_match: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
+    fsync: Option<String>,
+    wal_segment_bytes: Option<ByteSize>,
+    writer_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    shutdown_grace: Option<String>,
+    metrics_address: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+}
+
+/// Sections and their keys; anything else is refused.
+const SECTIONS: &[(&str, &[&str])] = &[
+    ("flow_log", &["id", "account_id", "region"]),
+    (
+        "output",
+        &[
+            "format",
+            "log_format",
+            "layout",
+            "prefix",
+            "max_file_bytes",
+            "window",
+            "grace",
+            "gzip_level",
+            "parquet_dictionary",
+            "parquet_row_group_rows",
+            "max_open_files",
+        ],
+    ),
+    (
+        "sink",
+        &[
+            "type",
+            "path",
+            "max_pending_uploads",
+            "bucket",
+            "region",
+            "endpoint_url",
+            "force_path_style",
+            "role_arn",
+            "external_id",
+            "role_session_name",
+            "sse",
+            "kms_key_id",
+            "bucket_key_enabled",
+            "acl",
+            "storage_class",
+            "checksum",
+            "multipart_threshold",
+            "part_size",
+            "upload_concurrency",
+            "if_none_match",
+        ],
+    ),
+    ("state", &["dir", "fsync", "wal_segment_bytes", "writer_id"]),
+    (
+        "service",
+        &[
+            "shutdown_grace",
+            "metrics_address",
+            "log_format",
+            "log_level",
+        ],
+    ),
+];
+
+/// Collects problems while validating.
+#[derive(Debug, Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Runs `check` and records its error under `key`; returns the value if valid.
+    fn check<T, E: fmt::Display>(&mut self, key: &str, result: Result<T, E>) -> Option<T> {
+        result.map_err(|e| self.add(key, e.to_string())).ok()
+    }
+}
+
+fn section<T: for<'de> Deserialize<'de> + Default>(
+    table: &toml::Table,
+    name: &str,
+    problems: &mut Problems,
+) -> T {
+    match table.get(name) {
+        None => T::default(),
+        Some(value) => match value.clone().try_into::<T>() {
+            Ok(v) => v,
+            Err(e) => {
+                problems.add(name, e.message().to_owned());
+                T::default()
+            }
+        },
+    }
+}
+
+fn duration(
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+    problems: &mut Problems,
+) -> Duration {
+    match value {
+        None => default,
+        Some(s) => problems
+            .check(
+                key,
+                humantime::parse_duration(s).map_err(|e| {
+                    format!("'{s}' is not a duration such as \"60s\" or \"5m\" ({e})")
+                }),
+            )
+            .unwrap_or(default),
+    }
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: shown.clone(),
+        problems: vec![Problem {
+            key: "(file)".into(),
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    parse(&text, &shown)
+}
+
+/// Validates config text; `path` is used in the error only.
+pub fn parse(text: &str, path: &str) -> Result<Settings, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        path: path.to_owned(),
+        problems,
+    };
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        fail(vec![Problem {
+            key: "(syntax)".into(),
+            message: e.to_string().trim().to_owned(),
+        }])
+    })?;
+    let mut p = Problems::default();
+
+    for (name, value) in &table {
+        match SECTIONS.iter().find(|(s, _)| s == name) {
+            None => p.add(
+                name.as_str(),
+                format!(
+                    "unknown section; expected one of {}",
+                    SECTIONS
+                        .iter()
+                        .map(|(s, _)| *s)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            Some((_, keys)) => match value.as_table() {
+                None => p.add(name.as_str(), "must be a table ([section])"),
+                Some(t) => {
+                    for key in t.keys().filter(|k| !keys.contains(&k.as_str())) {
+                        p.add(format!("{name}.{key}"), "unknown key");
+                    }
+                }
+            },
+        }
+    }
+    let known_only = |name: &str| -> toml::Table {
+        let keys = SECTIONS
+            .iter()
+            .find(|(s, _)| *s == name)
+            .map_or(&[][..], |(_, k)| *k);
+        let mut t = toml::Table::new();
+        if let Some(toml::Value::Table(section)) = table.get(name) {
+            for (k, v) in section.iter().filter(|(k, _)| keys.contains(&k.as_str())) {
+                t.insert(k.clone(), v.clone());
+            }
+        }
+        let mut outer = toml::Table::new();
+        outer.insert(name.to_owned(), toml::Value::Table(t));
+        outer
+    };
+    let flow: RawFlowLog = section(&known_only("flow_log"), "flow_log", &mut p);
+    let out: RawOutput = section(&known_only("output"), "output", &mut p);
+    let sink: RawSink = section(&known_only("sink"), "sink", &mut p);
+    let state: RawState = section(&known_only("state"), "state", &mut p);
+    let service: RawService = section(&known_only("service"), "service", &mut p);
+
+    let flow_log = validate_flow_log(flow, &mut p);
+    let output = validate_output(out, &mut p);
+    let sink = validate_sink(sink, &output, &mut p);
+    let state = validate_state(state, &mut p);
+    let service = validate_service(service, &mut p);
+
+    match (flow_log, output, sink) {
+        (Some(flow_log), Some(output), Some(sink)) if p.0.is_empty() => Ok(Settings {
+            flow_log,
+            output,
+            sink,
+            state,
+            service,
+        }),
+        _ => Err(fail(p.0)),
+    }
+}
+
+fn required(key: &str, value: Option<String>, p: &mut Problems) -> Option<String> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Some(v),
+        _ => {
+            p.add(key, "is required");
+            None
+        }
+    }
+}
+
+fn validate_flow_log(raw: RawFlowLog, p: &mut Problems) -> Option<FlowLogSettings> {
+    let id = required("flow_log.id", raw.id, p)
+        .and_then(|v| p.check("flow_log.id", validate_flow_log_id(&v)).map(|()| v));
+    let account_id = required("flow_log.account_id", raw.account_id, p).and_then(|v| {
+        p.check("flow_log.account_id", validate_account_id(&v))
+            .map(|()| v)
+    });
+    let region = required("flow_log.region", raw.region, p)
+        .and_then(|v| p.check("flow_log.region", validate_region(&v)).map(|()| v));
+    Some(FlowLogSettings {
+        id: id?,
+        account_id: account_id?,
+        region: region?,
+    })
+}
+
+fn validate_output(raw: RawOutput, p: &mut Problems) -> Option<OutputSettings> {
+    let format = match raw.format.as_deref() {
+        None | Some("text") => Some(OutputFormat::Text),
+        Some("parquet") => Some(OutputFormat::Parquet),
+        Some(other) => {
+            p.add(
+                "output.format",
+                format!("'{other}' is not one of text, parquet"),
+            );
+            None
+        }
+    };
+    let log_format = match raw.log_format.as_deref() {
+        None => Some(LogFormat::aws_default()),
+        Some(s) => p.check("output.log_format", LogFormat::parse(s)),
+    };
+    let layout = match raw.layout.as_deref() {
+        None => Some(KeyLayout::Default),
+        Some(s) => p.check("output.layout", s.parse::<KeyLayout>()),
+    };
+    let prefix = p.check(
+        "output.prefix",
+        KeyPrefix::parse(raw.prefix.as_deref().unwrap_or("")),
+    );
+    let max_file_bytes = raw.max_file_bytes.map_or(DEFAULT_MAX_FILE_BYTES, |b| b.0);
+    if max_file_bytes < 64 * 1024 {
+        p.add(
+            "output.max_file_bytes",
+            format!("{max_file_bytes} is too small (at least 65536 bytes)"),
+        );
+    }
+    let window = duration(
+        "output.window",
+        raw.window.as_deref(),
+        Duration::from_secs(300),
+        p,
+    );
+    let w = window.as_secs();
+    if window.subsec_nanos() != 0 || w < 60 || 3600 % w != 0 {
+        p.add(
+            "output.window",
+            format!("{} does not divide 1h into whole minutes (5m is the AWS value; 1m, 2m, 10m, 15m, … are allowed for tests)", humantime::format_duration(window)),
+        );
+    }
+    let grace = duration(
+        "output.grace",
+        raw.grace.as_deref(),
+        Duration::from_secs(60),
+        p,
+    );
+    let gzip_level = raw.gzip_level.unwrap_or(6);
+    if gzip_level > 9 {
+        p.add(
+            "output.gzip_level",
+            format!("{gzip_level} is not a gzip level (0-9)"),
+        );
+    }
+    let mut parquet = ParquetOptions {
+        dictionary: raw.parquet_dictionary.unwrap_or(false),
+        gzip_level,
+        ..ParquetOptions::default()
+    };
+    if let Some(rows) = raw.parquet_row_group_rows {
+        if rows == 0 {
+            p.add("output.parquet_row_group_rows", "must be at least 1");
+        }
+        parquet.max_row_group_rows = rows.max(1);
+    }
+    let max_open_files = raw.max_open_files.unwrap_or(64);
+    if max_open_files == 0 {
+        p.add("output.max_open_files", "must be at least 1");
+    }
+    Some(OutputSettings {
+        format: format?,
+        log_format: log_format?,
+        layout: layout?,
+        prefix: prefix?,
+        max_file_bytes,
+        window,
+        grace,
+        gzip_level,
+        parquet,
+        max_open_files: max_open_files.max(1),
+    })
+}
+
+fn validate_sink(
+    raw: RawSink,
+    output: &Option<OutputSettings>,
+    p: &mut Problems,
+) -> Option<SinkSettings> {
+    let max_pending_uploads = raw.max_pending_uploads.unwrap_or(16);
+    if max_pending_uploads == 0 {
+        p.add("sink.max_pending_uploads", "must be at least 1");
+    }
+    let s3_only: [(&str, bool); 17] = [
+        ("bucket", raw.bucket.is_some()),
+        ("region", raw.region.is_some()),
+        ("endpoint_url", raw.endpoint_url.is_some()),
+        ("force_path_style", raw.force_path_style.is_some()),
+        ("role_arn", raw.role_arn.is_some()),
+        ("external_id", raw.external_id.is_some()),
+        ("role_session_name", raw.role_session_name.is_some()),
+        ("sse", raw.sse.is_some()),
+        ("kms_key_id", raw.kms_key_id.is_some()),
+        ("bucket_key_enabled", raw.bucket_key_enabled.is_some()),
+        ("acl", raw.acl.is_some()),
+        ("storage_class", raw.storage_class.is_some()),
+        ("checksum", raw.checksum.is_some()),
+        ("multipart_threshold", raw.multipart_threshold.is_some()),
+        ("part_size", raw.part_size.is_some()),
+        ("upload_concurrency", raw.upload_concurrency.is_some()),
+        ("if_none_match", raw.if_none_match.is_some()),
+    ];
+    match raw.kind.as_deref().unwrap_or("local") {
+        "local" => {
+            for (key, _) in s3_only.iter().filter(|(_, set)| *set) {
+                p.add(format!("sink.{key}"), "applies to type = \"s3\" only");
+            }
+            let path = raw.path.unwrap_or_else(|| PathBuf::from("./flowlogs"));
+            Some(SinkSettings::Local {
+                path,
+                max_pending_uploads: max_pending_uploads.max(1),
+            })
+        }
+        "s3" => {
+            if raw.path.is_some() {
+                p.add("sink.path", "applies to type = \"local\" only");
+            }
+            let bucket = required("sink.bucket", raw.bucket, p)?;
+            if bucket.starts_with("s3://") || bucket.contains('/') {
+                p.add(
+                    "sink.bucket",
+                    format!("'{bucket}' must be a bare bucket name (put folders in output.prefix)"),
+                );
+            }
+            let mut s = S3Settings::new(bucket);
+            s.region = raw.region;
+            s.checksum = ChecksumMode::default_for(raw.endpoint_url.as_deref());
+            s.endpoint_url = raw.endpoint_url;
+            s.force_path_style = raw.force_path_style.unwrap_or(s.endpoint_url.is_some());
+            s.role_arn = raw.role_arn;
+            s.external_id = raw.external_id;
+            if let Some(name) = raw.role_session_name {
+                s.role_session_name = name;
+            }
+            if s.external_id.is_some() && s.role_arn.is_none() {
+                p.add("sink.external_id", "needs sink.role_arn");
+            }
+            let bucket_key = raw.bucket_key_enabled.unwrap_or(false);
+            s.sse = match raw.sse.as_deref() {
+                None | Some("none") => {
+                    if raw.kms_key_id.is_some() {
+                        p.add("sink.kms_key_id", "needs sse = \"aws:kms\"");
+                    }
+                    Sse::None
+                }
+                Some("AES256") => Sse::Aes256,
+                Some("aws:kms") => Sse::AwsKms {
+                    key_id: raw.kms_key_id,
+                    bucket_key,
+                },
+                Some(other) => {
+                    p.add(
+                        "sink.sse",
+                        format!("'{other}' is not one of none, AES256, aws:kms"),
+                    );
+                    Sse::None
+                }
+            };
+            match raw.acl.as_deref() {
+                None => {}
+                Some("none" | "") => s.acl = None,
+                Some(acl) => s.acl = Some(acl.to_owned()),
+            }
+            s.storage_class = raw.storage_class;
+            if let Some(mode) = raw
+                .checksum
+                .and_then(|c| p.check("sink.checksum", c.parse::<ChecksumMode>()))
+            {
+                s.checksum = mode;
+            }
+            if let Some(t) = raw.multipart_threshold {
+                s.multipart_threshold = t.0;
+            }
+            if let Some(size) = raw.part_size {
+                if size.0 < 5 * 1024 * 1024 {
+                    p.add(
+                        "sink.part_size",
+                        format!("{} is below S3's 5 MiB minimum part size", size.0),
+                    );
+                }
+                s.part_size = size.0;
+            }
+            if let Some(c) = raw.upload_concurrency {
+                if c == 0 {
+                    p.add("sink.upload_concurrency", "must be at least 1");
+                }
+                s.upload_concurrency = c.max(1);
+            }
+            if let Some(b) = raw.if_none_match {
+                s.if_none_match = b;
+            }
+            if let Some(o) = output {
+                s.probe_prefix = if o.prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}/", o.prefix.as_str())
+                };
+            }
+            Some(SinkSettings::S3 {
+                settings: Box::new(s),
+                max_pending_uploads: max_pending_uploads.max(1),
+            })
+        }
+        other => {
+            p.add("sink.type", format!("'{other}' is not one of local, s3"));
+            None
+        }
+    }
+}
+
+fn validate_state(raw: RawState, p: &mut Problems) -> StateSettings {
+    let fsync = match raw.fsync.as_deref() {
+        None => FsyncPolicy::Always,
+        Some(s) => p
+            .check("state.fsync", s.parse::<FsyncPolicy>())
+            .unwrap_or(FsyncPolicy::Always),
+    };
+    let writer_id = raw.writer_id.filter(|w| !w.is_empty());
+    if let Some(w) = &writer_id
+        && (!w
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || w.len() > 64)
+    {
+        p.add(
+            "state.writer_id",
+            format!("'{w}' must be 1-64 characters of letters, digits, '-', '_' or '.'"),
+        );
+    }
+    let wal_segment_bytes = raw.wal_segment_bytes.map_or(64 << 20, |b| b.0);
+    if wal_segment_bytes < 1 << 20 {
+        p.add("state.wal_segment_bytes", "must be at least 1 MiB");
+    }
+    StateSettings {
+        dir: raw.dir.unwrap_or_else(|| PathBuf::from("./flowlog-state")),
+        fsync,
+        wal_segment_bytes,
+        writer_id,
+    }
+}
+
+fn validate_service(raw: RawService, p: &mut Problems) -> ServiceSettings {
+    let shutdown_grace = duration(
+        "service.shutdown_grace",
+        raw.shutdown_grace.as_deref(),
+        Duration::from_secs(30),
+        p,
+    );
+    let log_format = match raw.log_format.as_deref() {
+        None => LogOutput::Text,
+        Some(s) => p
+            .check("service.log_format", s.parse::<LogOutput>())
+            .unwrap_or(LogOutput::Text),
+    };
+    let metrics_address = raw.metrics_address.filter(|a| !a.is_empty());
+    if let Some(a) = &metrics_address
+        && a.parse::<std::net::SocketAddr>().is_err()
+    {
+        p.add(
+            "service.metrics_address",
+            format!("'{a}' is not an address such as 127.0.0.1:9464"),
+        );
+    }
+    ServiceSettings {
+        shutdown_grace,
+        metrics_address,
+        log_format,
+        log_level: raw.log_level.unwrap_or_else(|| "info".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[flow_log]\nid = \"fl-0123456789abcdef0\"\naccount_id = \"123456789012\"\nregion = \"us-east-1\"\n";
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let s = parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(s.flow_log.id, "fl-0123456789abcdef0");
+        assert_eq!(s.output.format, OutputFormat::Text);
+        assert!(s.output.log_format.is_aws_default());
+        assert_eq!(s.output.layout, KeyLayout::Default);
+        assert_eq!(s.output.max_file_bytes, 75_000_000);
+        assert_eq!(
+            (s.output.window, s.output.grace),
+            (Duration::from_secs(300), Duration::from_secs(60))
+        );
+        assert!(
+            matches!(s.sink, SinkSettings::Local { ref path, max_pending_uploads: 16 } if path == Path::new("./flowlogs"))
+        );
+        assert_eq!(s.state.dir, PathBuf::from("./flowlog-state"));
+        assert_eq!(s.state.fsync, FsyncPolicy::Always);
+    }
+
+    #[test]
+    fn every_documented_key_is_accepted() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/aggregator.example.toml"
+        ))
+        .unwrap();
+        let s = parse(&text, "aggregator.example.toml").unwrap();
+        assert!(matches!(s.sink, SinkSettings::Local { .. }));
+        let s3 = text
+            .replace("type = \"local\"", "type = \"s3\"")
+            .replace("path = \"./flowlogs\"", "");
+        let s3 = s3.replace("# s3: ", "");
+        let s = parse(&s3, "s3.toml").unwrap();
+        let SinkSettings::S3 { settings, .. } = s.sink else {
+            panic!("s3 expected")
+        };
+        assert_eq!(settings.bucket, "my-bucket");
+        assert_eq!(settings.acl.as_deref(), Some("bucket-owner-full-control"));
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key() {
+        let text = "[flow_log]\nid = \"x_1\"\naccount_id = \"12345\"\n\n[output]\nwindow = \"7m\"\nformat = \"csv\"\nlog_format = \"${version} ${srcadr}\"\nprefix = \"logs/AWSLogs\"\nbogus = 1\n\n[sink]\ntype = \"local\"\nbucket = \"b\"\n\n[state]\nfsync = \"sometimes\"\n\n[extra]\n";
+        let e = parse(text, "bad.toml").unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "extra",
+            "output.bogus",
+            "flow_log.id",
+            "flow_log.account_id",
+            "flow_log.region",
+            "output.format",
+            "output.log_format",
+            "output.prefix",
+            "output.window",
+            "sink.bucket",
+            "state.fsync",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let shown = e.to_string();
+        assert!(shown.starts_with("invalid config bad.toml\n"), "{shown}");
+        assert!(shown.contains("output.log_format: unknown field '${srcadr}' at position 2; did you mean '${srcaddr}'?"), "{shown}");
+        assert!(
+            shown.contains("output.window: 7m does not divide 1h"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_syntax_are_reported() {
+        let e = parse(
+            &format!("{MINIMAL}[output]\nmax_file_bytes = \"lots\"\n"),
+            "t",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "output");
+        assert!(
+            e.problems[0].message.contains("'lots' is not a size"),
+            "{e}"
+        );
+        let e = parse("[flow_log\n", "t").unwrap_err();
+        assert_eq!(e.problems[0].key, "(syntax)");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!("75000000".parse::<ByteSize>(), Ok(ByteSize(75_000_000)));
+        assert_eq!("64MiB".parse::<ByteSize>(), Ok(ByteSize(64 << 20)));
+        assert_eq!("75MB".parse::<ByteSize>(), Ok(ByteSize(75_000_000)));
+        assert!("5 parsecs".parse::<ByteSize>().is_err());
+    }
+}

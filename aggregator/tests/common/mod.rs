@@ -1,0 +1,251 @@
+//! Shared helpers of the aggregator's end-to-end tests.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use chrono::DateTime;
+use flowlog_formats::input::RecordSource;
+use flowlog_formats::key::{FileKind, KeyLayout, KeyParts, KeyPrefix, hash8, object_key};
+use flowlog_formats::text::{TextWriter, encode_line};
+use flowlog_formats::{Action, FlowRecord, LogFormat, LogStatus};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flowlog-aggregator");
+
+/// 2024-01-01T00:00:00Z.
+pub const T0: u64 = 1_704_067_200;
+
+/// A deterministic generator (xorshift).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// `n` records spread over `windows` 5-minute windows from T0, for the given accounts.
+/// With `random_addresses` the addresses and counters are random (text compresses badly).
+pub fn records(
+    n: usize,
+    windows: u64,
+    accounts: &[&str],
+    random_addresses: bool,
+    seed: u64,
+) -> Vec<FlowRecord> {
+    let mut rng = Rng(seed | 1);
+    (0..n)
+        .map(|i| {
+            let end = T0 + (i as u64 * windows * 300) / n as u64;
+            let mut r = FlowRecord {
+                account_id: Some(accounts[i % accounts.len()].into()),
+                interface_id: Some(format!("eni-{:017x}", i % 7).into()),
+                start: Some(end - 10),
+                end: Some(end),
+                log_status: Some(LogStatus::Ok),
+                ..FlowRecord::default()
+            };
+            if i % 97 == 0 {
+                r.log_status = Some(LogStatus::NoData);
+                return r;
+            }
+            let (a, b) = if random_addresses {
+                (rng.next() as u32, rng.next() as u32)
+            } else {
+                (
+                    0x0a00_0000 | (i as u32 % 50),
+                    0xc633_6400 | (i as u32 % 200),
+                )
+            };
+            r.srcaddr = Some(Ipv4Addr::from(a).into());
+            r.dstaddr = Some(Ipv4Addr::from(b).into());
+            r.srcport = Some(if random_addresses {
+                rng.next() as u16
+            } else {
+                443
+            });
+            r.dstport = Some(32768 + (i % 20_000) as u16);
+            r.protocol = Some(6);
+            r.packets = Some(
+                1 + if random_addresses {
+                    rng.next() % 100_000
+                } else {
+                    i as u64 % 10
+                },
+            );
+            r.bytes = Some(
+                40 + if random_addresses {
+                    rng.next() % 100_000_000
+                } else {
+                    i as u64 % 1500
+                },
+            );
+            r.action = Some(if i % 13 == 0 {
+                Action::Reject
+            } else {
+                Action::Accept
+            });
+            r
+        })
+        .collect()
+}
+
+/// Writes records as a plain text file with a header in `format`.
+pub fn write_text(path: &Path, format: &LogFormat, records: &[FlowRecord]) {
+    let mut w = TextWriter::new(
+        std::io::BufWriter::new(std::fs::File::create(path).unwrap()),
+        format.clone(),
+    )
+    .unwrap();
+    for r in records {
+        w.write_record(r).unwrap();
+    }
+    std::io::Write::flush(&mut w.finish().unwrap()).unwrap();
+}
+
+/// Every file below `root` (recursively), as paths relative to `root`.
+pub fn files_below(root: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Lines (in `format`) of every record published below `root`, counted.
+pub fn published_lines(root: &Path, format: &LogFormat) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for f in files_below(root) {
+        let source = RecordSource::open_path(&root.join(&f), None).unwrap();
+        for r in source {
+            *out.entry(line(format, &r.unwrap())).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Counted lines of `records` in `format`.
+pub fn expected_lines(records: &[FlowRecord], format: &LogFormat) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for r in records {
+        *out.entry(line(format, r)).or_insert(0) += 1;
+    }
+    out
+}
+
+pub fn line(format: &LogFormat, r: &FlowRecord) -> String {
+    let mut out = Vec::new();
+    encode_line(&mut out, format, format.version(), r);
+    String::from_utf8(out).unwrap()
+}
+
+/// A test directory with a config for the local sink.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub out: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Setup {
+    /// `extra_output` is appended to `[output]`.
+    pub fn local(extra_output: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let state = dir.path().join("state");
+        let config = dir.path().join("aggregator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[flow_log]\nid = \"fl-0123456789abcdef0\"\naccount_id = \"123456789012\"\nregion = \"eu-west-3\"\n\n\
+                 [output]\n{extra_output}\n\n[sink]\ntype = \"local\"\npath = \"{}\"\n\n[state]\ndir = \"{}\"\nwriter_id = \"test-writer\"\nwal_segment_bytes = \"1MiB\"\n\n\
+                 [service]\nshutdown_grace = \"20s\"\nlog_level = \"warn\"\n",
+                out.display(),
+                state.display()
+            ),
+        )
+        .unwrap();
+        Setup {
+            dir,
+            config,
+            out,
+            state,
+        }
+    }
+
+    pub fn input(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn import(&self, inputs: &[&Path]) -> Output {
+        Command::new(BIN)
+            .args(["import", "--config"])
+            .arg(&self.config)
+            .args(inputs)
+            .output()
+            .expect("run flowlog-aggregator import")
+    }
+}
+
+pub fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The keys the pipeline must produce for `records` imported in one batch by a fresh state
+/// directory with writer id `test-writer`: one text file per (account, window), hashed from
+/// the position of its first record (LSN 1, index i).
+pub fn expected_keys(
+    records: &[FlowRecord],
+    layout: KeyLayout,
+    prefix: &KeyPrefix,
+    region: &str,
+) -> Vec<String> {
+    let mut first: BTreeMap<(String, u64), u64> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
+        let window_end = (r.end.unwrap() / 300 + 1) * 300;
+        first
+            .entry((r.account_id.as_deref().unwrap().to_owned(), window_end))
+            .or_insert((1u64 << 24) | i as u64);
+    }
+    let mut keys: Vec<String> = first
+        .into_iter()
+        .map(|((account, window_end), pos)| {
+            let hash = hash8(format!("test-writer/{window_end}/{pos}").as_bytes());
+            let parts = KeyParts {
+                account_id: &account,
+                region,
+                flow_log_id: "fl-0123456789abcdef0",
+                file_timestamp: DateTime::from_timestamp(window_end as i64, 0).unwrap(),
+                hash8: &hash,
+                kind: FileKind::Text,
+            };
+            object_key(layout, prefix, &parts).unwrap()
+        })
+        .collect();
+    keys.sort();
+    keys
+}
