@@ -177,9 +177,6 @@ macro_rules! slots {
             fn text_slot_mut(&mut self, field: FieldId) -> Option<&mut Option<Text>> {
                 match field { $( FieldId::$tv => Some(&mut self.$tf), )* _ => None }
             }
-            fn ip_slot(&self, field: FieldId) -> Option<&Option<IpAddr>> {
-                match field { $( FieldId::$iv => Some(&self.$if), )* _ => None }
-            }
             fn ip_slot_mut(&mut self, field: FieldId) -> Option<&mut Option<IpAddr>> {
                 match field { $( FieldId::$iv => Some(&mut self.$if), )* _ => None }
             }
