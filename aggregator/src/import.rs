@@ -191,7 +191,7 @@ pub fn import(
                 consumed,
                 done,
             }),
-            records: Vec::with_capacity(IMPORT_BATCH_RECORDS),
+            records: pipeline.record_buffer(IMPORT_BATCH_RECORDS),
         };
         let mut consumed = 0u64;
         let mut batch = new_batch(0, false);

@@ -238,92 +238,86 @@ pub struct Metrics {
     pub build_info: Family<BuildInfoLabels, Gauge>,
 }
 
+/// Creates a metric, registers it under `name` and returns the handle.
+fn registered<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: Default + Clone + prometheus_client::registry::Metric,
+{
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 impl Metrics {
     /// Creates and registers all metrics.
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::default();
 
         // prometheus-client appends `_total` to counter names.
-        let records_in = Counter::default();
-        registry.register(
+        let records_in: Counter = registered(
+            &mut registry,
             "flowlog_records_in",
             "Records accepted into the WAL",
-            records_in.clone(),
         );
-        let bad_records = Counter::default();
-        registry.register(
+        let bad_records: Counter = registered(
+            &mut registry,
             "flowlog_bad_records",
             "Malformed input lines or rows skipped",
-            bad_records.clone(),
         );
-        let late_records = Counter::default();
-        registry.register(
+        let late_records: Counter = registered(
+            &mut registry,
             "flowlog_late_records",
             "Records that arrived after their window closed",
-            late_records.clone(),
         );
 
-        let records_published = Family::<SinkLabels, Counter>::default();
-        registry.register(
+        let records_published: Family<SinkLabels, Counter> = registered(
+            &mut registry,
             "flowlog_records_published",
             "Records in files published, by sink",
-            records_published.clone(),
         );
-        let files_published = Family::<SinkLabels, Counter>::default();
-        registry.register(
+        let files_published: Family<SinkLabels, Counter> = registered(
+            &mut registry,
             "flowlog_files_published",
             "Files published, by sink",
-            files_published.clone(),
         );
-        let bytes_published = Family::<SinkLabels, Counter>::default();
-        registry.register(
+        let bytes_published: Family<SinkLabels, Counter> = registered(
+            &mut registry,
             "flowlog_bytes_published",
             "Bytes of files published, by sink",
-            bytes_published.clone(),
         );
-        let upload_retries = Family::<RetryLabels, Counter>::default();
-        registry.register(
+        let upload_retries: Family<RetryLabels, Counter> = registered(
+            &mut registry,
             "flowlog_upload_retries",
             "Upload attempts retried, by sink and error class",
-            upload_retries.clone(),
         );
 
-        let staged_bytes = Gauge::default();
-        registry.register(
+        let staged_bytes: Gauge = registered(
+            &mut registry,
             "flowlog_staged_bytes",
             "Bytes of sealed files waiting for upload",
-            staged_bytes.clone(),
         );
-        let staged_files = Gauge::default();
-        registry.register(
+        let staged_files: Gauge = registered(
+            &mut registry,
             "flowlog_staged_files",
             "Sealed files waiting for upload",
-            staged_files.clone(),
         );
-        let open_files = Gauge::default();
-        registry.register(
-            "flowlog_open_files",
-            "Files being written",
-            open_files.clone(),
-        );
-        let wal_bytes = Gauge::default();
-        registry.register(
+        let open_files: Gauge =
+            registered(&mut registry, "flowlog_open_files", "Files being written");
+        let wal_bytes: Gauge = registered(
+            &mut registry,
             "flowlog_wal_bytes",
             "Bytes in the write-ahead log",
-            wal_bytes.clone(),
         );
-        let oldest_unpublished_window_age_seconds = Gauge::default();
-        registry.register(
+        let oldest_unpublished_window_age_seconds: Gauge = registered(
+            &mut registry,
             "flowlog_oldest_unpublished_window_age_seconds",
             "Age of the oldest window end with records not yet published (0 when none)",
-            oldest_unpublished_window_age_seconds.clone(),
         );
 
-        let sealed_files = Family::<SealLabels, Counter>::default();
-        registry.register(
+        let sealed_files: Family<SealLabels, Counter> = registered(
+            &mut registry,
             "flowlog_sealed_files",
             "Files sealed, by reason",
-            sealed_files.clone(),
         );
 
         // 5 ms … ~82 s.
@@ -334,11 +328,10 @@ impl Metrics {
             upload_seconds.clone(),
         );
 
-        let build_info = Family::<BuildInfoLabels, Gauge>::default();
-        registry.register(
+        let build_info: Family<BuildInfoLabels, Gauge> = registered(
+            &mut registry,
             "flowlog_build_info",
             "Build information; always 1",
-            build_info.clone(),
         );
         build_info
             .get_or_create(&BuildInfoLabels {

@@ -161,9 +161,12 @@ impl ValueError {
 macro_rules! slots {
     (text: $($tv:ident => $tf:ident),* ; ip: $($iv:ident => $if:ident),* $(;)?) => {
         impl FlowRecord {
-            fn text_slot(&self, field: FieldId) -> Option<&Option<Text>> {
-                match field { $( FieldId::$tv => Some(&self.$tf), )* _ => None }
+            /// Returns true if `field` is a free-text field (stored as [`Text`]).
+            #[inline]
+            pub const fn is_text_field(field: FieldId) -> bool {
+                matches!(field, $( FieldId::$tv )|*)
             }
+
             /// Returns the value of a text or address field in one dispatch; other fields are
             /// `None`.
             #[inline]
@@ -400,11 +403,6 @@ impl FlowRecord {
             }
             None => self.set_str(field, value),
         }
-    }
-
-    /// Returns true if `field` is a free-text field (stored as [`Text`]).
-    pub fn is_text_field(field: FieldId) -> bool {
-        FlowRecord::default().text_slot(field).is_some()
     }
 }
 
