@@ -221,7 +221,7 @@ fn import_main(
         runtime.spawn(telemetry::serve_http(
             listener,
             Arc::clone(&metrics),
-            health,
+            health.clone(),
             cancel.clone(),
         ));
     }
@@ -239,6 +239,7 @@ fn import_main(
         settings,
         Arc::clone(&sink),
         Arc::clone(&metrics),
+        health.clone(),
         runtime.handle().clone(),
         cancel.clone(),
     )?;

@@ -34,7 +34,7 @@ use self::stager::{SealedFile, StageError, Stager, StagerSettings};
 use self::window::{StreamKey, record_account, record_region, record_time, window_end};
 use crate::config::Settings;
 use crate::sink::{Backoff, ObjectSink, SinkError, put_with_retry};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Health, Metrics};
 use crate::wal::{Wal, WalError, WalSettings};
 
 /// Failure of the pipeline. Records already accepted stay in the WAL.
@@ -131,11 +131,13 @@ fn unix_now() -> u64 {
 
 impl Pipeline {
     /// Recovers the state directory (re-queues unconfirmed files, replays the WAL) and starts
-    /// the pipeline thread. Uploads run on `runtime` until `cancel` fires.
+    /// the pipeline thread. Uploads run on `runtime` until `cancel` fires; a permanent sink
+    /// error marks `health` unhealthy until an upload succeeds again.
     pub fn start(
         settings: &Settings,
         sink: Arc<dyn ObjectSink>,
         metrics: Arc<Metrics>,
+        health: Health,
         runtime: tokio::runtime::Handle,
         cancel: CancellationToken,
     ) -> Result<Pipeline, PipelineError> {
@@ -201,7 +203,9 @@ impl Pipeline {
             recycle_tx,
             encode_buf: Vec::new(),
         };
-        runtime.spawn(upload_loop(upload_rx, sink, done_tx, metrics, cancel));
+        runtime.spawn(upload_loop(
+            upload_rx, sink, done_tx, metrics, health, cancel,
+        ));
 
         let unconfirmed: Vec<SealedEntry> = core.manifest.pending().cloned().collect();
         for entry in unconfirmed {
@@ -312,6 +316,7 @@ async fn upload_loop(
     sink: Arc<dyn ObjectSink>,
     done: Sender<(u64, u64, u64)>,
     metrics: Arc<Metrics>,
+    health: Health,
     cancel: CancellationToken,
 ) {
     let backoff = Backoff::default();
@@ -321,21 +326,28 @@ async fn upload_loop(
             () = cancel.cancelled() => None,
         };
         let Some(job) = job else { break };
-        let (sink, done, metrics, cancel, backoff) = (
+        let (sink, done, metrics, health, cancel, backoff) = (
             Arc::clone(&sink),
             done.clone(),
             Arc::clone(&metrics),
+            health.clone(),
             cancel.clone(),
             backoff.clone(),
         );
         tokio::spawn(async move {
             let started = Instant::now();
             let kind = sink.kind();
-            let observe = |e: &SinkError| metrics.observe_upload_failure(kind, e.is_retryable());
+            let observe = |e: &SinkError| {
+                metrics.observe_upload_failure(kind, e.is_retryable());
+                if !e.is_retryable() {
+                    health.set_unhealthy("sink", e.to_string());
+                }
+            };
             if put_with_retry(&*sink, &job.key, &job.path, &backoff, &cancel, &observe)
                 .await
                 .is_some()
             {
+                health.set_healthy("sink");
                 metrics.observe_upload(kind, job.bytes, job.records, started.elapsed());
                 let _ = done.send((job.id, job.bytes, job.records));
             }

@@ -15,6 +15,9 @@ use flowlog_formats::{Action, FlowRecord, LogFormat, LogStatus};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_flowlog-aggregator");
 
+/// The account most tests publish under.
+pub const A_ACCOUNT: &str = "123456789012";
+
 /// 2024-01-01T00:00:00Z.
 pub const T0: u64 = 1_704_067_200;
 
