@@ -6,10 +6,10 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
-use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
 
 use crate::format::LogFormat;
+#[cfg(feature = "parquet")]
 use crate::parquet::{ParquetError, ParquetReader};
 use crate::record::FlowRecord;
 use crate::text::{TextError, TextReader};
@@ -48,8 +48,13 @@ pub enum InputError {
     #[error(transparent)]
     Text(#[from] TextError),
     /// A Parquet input failed (bad schema, bad row, corrupt file).
+    #[cfg(feature = "parquet")]
     #[error(transparent)]
     Parquet(#[from] ParquetError),
+    /// The input is Parquet but this build has no Parquet support.
+    #[cfg(not(feature = "parquet"))]
+    #[error("the input is a Parquet file; this build reads text only")]
+    ParquetUnsupported,
 }
 
 impl InputError {
@@ -57,7 +62,10 @@ impl InputError {
     pub fn is_record_error(&self) -> bool {
         match self {
             InputError::Text(e) => e.is_line_error(),
+            #[cfg(feature = "parquet")]
             InputError::Parquet(e) => e.is_row_error(),
+            #[cfg(not(feature = "parquet"))]
+            InputError::ParquetUnsupported => false,
             InputError::Io(_) => false,
         }
     }
@@ -71,6 +79,7 @@ pub enum RecordSource {
     /// Text (gzip'd or plain).
     Text(TextReader<BufReaderDyn>),
     /// Parquet.
+    #[cfg(feature = "parquet")]
     Parquet(ParquetReader),
 }
 
@@ -108,9 +117,7 @@ impl RecordSource {
     pub fn open_path(path: &Path, headerless: Option<LogFormat>) -> Result<Self, InputError> {
         let mut reader = BufReader::with_capacity(READ_BUFFER, File::open(path)?);
         match InputKind::detect(peek(&mut reader)?) {
-            InputKind::Parquet => Ok(RecordSource::Parquet(ParquetReader::open(File::open(
-                path,
-            )?)?)),
+            InputKind::Parquet => Self::parquet_file(path),
             kind => Self::text(kind, Box::new(reader), headerless),
         }
     }
@@ -126,12 +133,34 @@ impl RecordSource {
             InputKind::Parquet => {
                 let mut data = Vec::new();
                 reader.read_to_end(&mut data)?;
-                Ok(RecordSource::Parquet(ParquetReader::new(Bytes::from(
-                    data,
-                ))?))
+                Self::parquet_bytes(data)
             }
             kind => Self::text(kind, Box::new(reader), headerless),
         }
+    }
+
+    #[cfg(feature = "parquet")]
+    fn parquet_file(path: &Path) -> Result<Self, InputError> {
+        Ok(RecordSource::Parquet(ParquetReader::open(File::open(
+            path,
+        )?)?))
+    }
+
+    #[cfg(feature = "parquet")]
+    fn parquet_bytes(data: Vec<u8>) -> Result<Self, InputError> {
+        Ok(RecordSource::Parquet(ParquetReader::new(
+            bytes::Bytes::from(data),
+        )?))
+    }
+
+    #[cfg(not(feature = "parquet"))]
+    fn parquet_file(_path: &Path) -> Result<Self, InputError> {
+        Err(InputError::ParquetUnsupported)
+    }
+
+    #[cfg(not(feature = "parquet"))]
+    fn parquet_bytes(_data: Vec<u8>) -> Result<Self, InputError> {
+        Err(InputError::ParquetUnsupported)
     }
 
     fn text(
@@ -156,6 +185,7 @@ impl RecordSource {
     pub fn format(&self) -> &LogFormat {
         match self {
             RecordSource::Text(r) => r.format(),
+            #[cfg(feature = "parquet")]
             RecordSource::Parquet(r) => r.format(),
         }
     }
@@ -164,6 +194,7 @@ impl RecordSource {
     pub fn unit(&self) -> &'static str {
         match self {
             RecordSource::Text(_) => "line",
+            #[cfg(feature = "parquet")]
             RecordSource::Parquet(_) => "row",
         }
     }
@@ -181,6 +212,7 @@ impl Iterator for RecordSource {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             RecordSource::Text(r) => r.next().map(|x| x.map_err(InputError::from)),
+            #[cfg(feature = "parquet")]
             RecordSource::Parquet(r) => r.next().map(|x| x.map_err(InputError::from)),
         }
     }

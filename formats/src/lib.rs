@@ -11,7 +11,8 @@
 //! - [`record`]: [`FlowRecord`], typed, with NODATA/SKIPDATA rows;
 //! - [`format`]: [`LogFormat`], `${field}` format strings, the `version` rule, headers;
 //! - [`text`]: text lines, gzip'd objects, and their decoder;
-//! - [`parquet`]: Parquet objects readable by Athena, pyarrow and flowlogs-reader;
+//! - `parquet` (feature `parquet`, on by default): Parquet objects readable by Athena,
+//!   pyarrow and flowlogs-reader;
 //! - [`key`]: the four S3 key layouts and AWS file names;
 //! - [`input`]: opening any flow log file (`.log.gz`, `.log.parquet`, plain text).
 //!
@@ -22,6 +23,7 @@ pub mod field;
 pub mod format;
 pub mod input;
 pub mod key;
+#[cfg(feature = "parquet")]
 pub mod parquet;
 pub mod record;
 pub mod text;
