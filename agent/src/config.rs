@@ -1,0 +1,361 @@
+//! Agent configuration: a TOML file read once at startup into validated [`AgentSettings`].
+//! Unknown keys are refused and every problem is listed with its key.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use flowlog_formats::key::{hash8, validate_account_id, validate_flow_log_id, validate_region};
+use flowlog_formats::{Action, LogFormat, Text};
+use serde::Deserialize;
+
+/// Which records a flow log keeps (AWS `TrafficType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficFilter {
+    /// Every record.
+    All,
+    /// Accepted traffic only (NODATA/SKIPDATA rows are always kept).
+    Accept,
+    /// Rejected traffic only (NODATA/SKIPDATA rows are always kept).
+    Reject,
+}
+
+impl TrafficFilter {
+    /// Returns true if a record with `action` is kept.
+    pub fn keeps(self, action: Option<Action>) -> bool {
+        match (self, action) {
+            (TrafficFilter::All, _) | (_, None) => true,
+            (TrafficFilter::Accept, Some(a)) => a == Action::Accept,
+            (TrafficFilter::Reject, Some(a)) => a == Action::Reject,
+        }
+    }
+}
+
+/// One configured interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceSettings {
+    /// OS name (`eth0`).
+    pub name: String,
+    /// `interface-id` written in records; default `eni-` + 17 hex digits derived from the name.
+    pub interface_id: String,
+    /// MAC address; frames from it are egress (required for replay: a capture file does not
+    /// say which side is the host).
+    pub mac: Option<[u8; 6]>,
+    /// Primary IPv4 address: the first plain IPv4 address listed.
+    pub primary_v4: Option<Ipv4Addr>,
+    /// Primary IPv6 address: the first plain IPv6 address listed.
+    pub primary_v6: Option<Ipv6Addr>,
+}
+
+/// Validated agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Flow log id.
+    pub flow_log_id: String,
+    /// Account of the interfaces.
+    pub account_id: Text,
+    /// Region.
+    pub region: Text,
+    /// Aggregation interval in seconds (60 or 600).
+    pub interval_secs: u64,
+    /// Traffic filter.
+    pub traffic_type: TrafficFilter,
+    /// Record format.
+    pub log_format: LogFormat,
+    /// Flows tracked per interface and interval at most.
+    pub max_flows: usize,
+    /// Configured interfaces (empty = every up, non-loopback interface, for live capture).
+    pub interfaces: Vec<InterfaceSettings>,
+}
+
+/// A config file that cannot be used; lists every problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// `(key, problem)` pairs.
+    pub problems: Vec<(String, String)>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid config {}", self.path)?;
+        for (key, problem) in &self.problems {
+            write!(f, "\n  {key}: {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    flow_log: Option<RawFlowLog>,
+    output: Option<RawOutput>,
+    #[serde(default)]
+    interface: Vec<RawInterface>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlowLog {
+    id: Option<String>,
+    account_id: Option<String>,
+    region: Option<String>,
+    max_aggregation_interval: Option<String>,
+    traffic_type: Option<String>,
+    max_flows: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    log_format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: Option<String>,
+    interface_id: Option<String>,
+    mac: Option<String>,
+    #[serde(default)]
+    addresses: Vec<String>,
+}
+
+/// Returns the stable default interface id of an interface name.
+pub fn default_interface_id(name: &str) -> String {
+    // 17 hex digits, as in real ENI ids: two 8-digit hashes and one more digit.
+    let a = hash8(format!("interface/{name}").as_bytes());
+    let b = hash8(format!("interface/{name}/2").as_bytes());
+    let c = hash8(format!("interface/{name}/3").as_bytes());
+    format!("eni-{a}{b}{}", c.get(..1).unwrap_or("0"))
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return None;
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// Reads and validates an agent config file.
+pub fn load(path: &Path) -> Result<AgentSettings, ConfigError> {
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &shown),
+        Err(e) => Err(ConfigError {
+            path: shown,
+            problems: vec![("(file)".into(), format!("cannot read: {e}"))],
+        }),
+    }
+}
+
+/// Validates config text; `path` is used in the error only.
+pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
+    let mut problems: Vec<(String, String)> = Vec::new();
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        path: path.to_owned(),
+        problems: vec![("(syntax)".into(), e.message().to_owned())],
+    })?;
+    let mut add = |key: &str, problem: String| problems.push((key.to_owned(), problem));
+    let flow = raw.flow_log.unwrap_or(RawFlowLog {
+        id: None,
+        account_id: None,
+        region: None,
+        max_aggregation_interval: None,
+        traffic_type: None,
+        max_flows: None,
+    });
+    let required = |key: &str,
+                    v: Option<String>,
+                    check: fn(&str) -> Result<(), flowlog_formats::key::KeyError>,
+                    add: &mut dyn FnMut(&str, String)|
+     -> String {
+        match v {
+            Some(v) if !v.is_empty() => {
+                if let Err(e) = check(&v) {
+                    add(key, e.to_string());
+                }
+                v
+            }
+            _ => {
+                add(key, "is required".into());
+                String::new()
+            }
+        }
+    };
+    let flow_log_id = required("flow_log.id", flow.id, validate_flow_log_id, &mut add);
+    let account_id = required(
+        "flow_log.account_id",
+        flow.account_id,
+        validate_account_id,
+        &mut add,
+    );
+    let region = required("flow_log.region", flow.region, validate_region, &mut add);
+    let interval_secs = match flow.max_aggregation_interval.as_deref() {
+        None | Some("600s" | "10m") => 600,
+        Some("60s" | "1m") => 60,
+        Some(other) => {
+            add(
+                "flow_log.max_aggregation_interval",
+                format!("'{other}' is not one of 60s, 600s"),
+            );
+            600
+        }
+    };
+    let traffic_type = match flow.traffic_type.as_deref() {
+        None | Some("ALL") => TrafficFilter::All,
+        Some("ACCEPT") => TrafficFilter::Accept,
+        Some("REJECT") => TrafficFilter::Reject,
+        Some(other) => {
+            add(
+                "flow_log.traffic_type",
+                format!("'{other}' is not one of ALL, ACCEPT, REJECT"),
+            );
+            TrafficFilter::All
+        }
+    };
+    let log_format = match raw.output.and_then(|o| o.log_format) {
+        None => LogFormat::aws_default(),
+        Some(s) => LogFormat::parse(&s).unwrap_or_else(|e| {
+            add("output.log_format", e.to_string());
+            LogFormat::aws_default()
+        }),
+    };
+    let mut interfaces = Vec::new();
+    for (i, iface) in raw.interface.into_iter().enumerate() {
+        let at = |k: &str| format!("interface[{i}].{k}");
+        let Some(name) = iface.name.filter(|n| !n.is_empty()) else {
+            add(&at("name"), "is required".into());
+            continue;
+        };
+        let mac = iface.mac.as_deref().and_then(|m| {
+            let parsed = parse_mac(m);
+            if parsed.is_none() {
+                add(
+                    &at("mac"),
+                    format!("'{m}' is not a MAC address such as 02:00:00:00:00:0a"),
+                );
+            }
+            parsed
+        });
+        let (mut primary_v4, mut primary_v6) = (None, None);
+        for a in &iface.addresses {
+            let plain = a.split('/').next().unwrap_or(a);
+            match plain.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) if !a.contains('/') => primary_v4 = primary_v4.or(Some(v4)),
+                Ok(IpAddr::V6(v6)) if !a.contains('/') => primary_v6 = primary_v6.or(Some(v6)),
+                Ok(_) => {}
+                Err(_) => add(&at("addresses"), format!("'{a}' is not an address or CIDR")),
+            }
+        }
+        let interface_id = iface
+            .interface_id
+            .unwrap_or_else(|| default_interface_id(&name));
+        interfaces.push(InterfaceSettings {
+            name,
+            interface_id,
+            mac,
+            primary_v4,
+            primary_v6,
+        });
+    }
+    let max_flows = flow.max_flows.unwrap_or(1 << 20);
+    if !problems.is_empty() {
+        return Err(ConfigError {
+            path: path.to_owned(),
+            problems,
+        });
+    }
+    Ok(AgentSettings {
+        flow_log_id,
+        account_id: account_id.as_str().into(),
+        region: region.as_str().into(),
+        interval_secs,
+        traffic_type,
+        log_format,
+        max_flows,
+        interfaces,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[flow_log]
+id = "fl-0a1b2c3d4e5f60718"
+account_id = "123456789012"
+region = "eu-west-3"
+max_aggregation_interval = "60s"
+traffic_type = "ALL"
+[output]
+log_format = "${version} ${interface-id} ${srcaddr} ${dstaddr} ${flow-direction}"
+[[interface]]
+name = "eth0"
+interface_id = "eni-0123456789abcdef0"
+mac = "02:00:00:00:00:0a"
+addresses = ["10.0.0.10", "10.244.1.0/24", "2001:db8:1:1::/64", "2001:db8:1:1::10"]
+"#;
+
+    #[test]
+    fn the_documented_example_parses() {
+        let s = parse(GOOD, "agent.toml").unwrap();
+        assert_eq!(s.interval_secs, 60);
+        assert_eq!(s.log_format.version(), 5);
+        let eth0 = &s.interfaces[0];
+        assert_eq!(eth0.mac, Some([2, 0, 0, 0, 0, 10]));
+        assert_eq!(eth0.primary_v4, Some(Ipv4Addr::new(10, 0, 0, 10)));
+        assert_eq!(eth0.primary_v6, "2001:db8:1:1::10".parse().ok());
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let bad = "[flow_log]\nid = \"x\"\nmax_aggregation_interval = \"5m\"\ntraffic_type = \"SOME\"\n[output]\nlog_format = \"${srcadr}\"\n[[interface]]\nmac = \"zz\"\n";
+        let e = parse(bad, "bad.toml").unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|(k, _)| k.as_str()).collect();
+        for k in [
+            "flow_log.id",
+            "flow_log.account_id",
+            "flow_log.region",
+            "flow_log.max_aggregation_interval",
+            "flow_log.traffic_type",
+            "output.log_format",
+            "interface[0].name",
+        ] {
+            assert!(keys.contains(&k), "{k} missing: {e}");
+        }
+        assert!(
+            parse("[flow_log]\nbogus = 1\n", "t")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `bogus`")
+        );
+    }
+
+    #[test]
+    fn default_interface_ids_are_stable_and_eni_shaped() {
+        let id = default_interface_id("eth0");
+        assert_eq!(id, default_interface_id("eth0"));
+        assert_ne!(id, default_interface_id("eth1"));
+        assert_eq!(id.len(), "eni-".len() + 17);
+        assert!(id.starts_with("eni-") && id[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn traffic_filter_keeps_status_rows() {
+        assert!(TrafficFilter::Reject.keeps(None));
+        assert!(!TrafficFilter::Reject.keeps(Some(Action::Accept)));
+        assert!(TrafficFilter::Accept.keeps(Some(Action::Accept)));
+    }
+}

@@ -1,0 +1,1294 @@
+//! Packet decoding: from a captured link-layer frame to the fields a VPC flow log record needs.
+//!
+//! [`decode_frame`] is pure, allocation-free and never panics: every read goes through
+//! `get`/`first_chunk`/`split_first_chunk`, so any byte string (truncated captures, garbage,
+//! hostile input) yields either a [`PacketMeta`] or a [`SkipReason`].
+//!
+//! Supported framing:
+//!
+//! * link layers: Ethernet II, Linux cooked capture v1 (SLL, 16-byte header) and v2 (SLL2,
+//!   20-byte header), and raw IP (the version nibble picks IPv4 or IPv6);
+//! * up to [`MAX_VLAN_TAGS`] stacked 802.1Q / 802.1ad (`QinQ`) tags (TPIDs `0x8100`, `0x88a8`,
+//!   `0x9100`), after Ethernet or inside a cooked capture;
+//! * IPv4 with options, IPv6 with up to [`MAX_IPV6_EXT_HEADERS`] extension headers
+//!   (Hop-by-Hop, Routing, Fragment, Destination Options, Authentication);
+//! * TCP (ports and flags), UDP, SCTP and UDP-Lite (ports); every other protocol, ICMP and
+//!   `ICMPv6` included, has ports 0, as in AWS VPC Flow Logs.
+//!
+//! Byte counts follow AWS semantics: the IP packet's length as its header declares it (IPv4
+//! total length; IPv6 40 + payload length), not the captured length, so a capture with a
+//! small snap length still counts whole packets. When the IP header is complete but the
+//! transport header was cut off by the capture, the packet is still returned, with ports 0.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Most VLAN tags (802.1Q / `QinQ`) skipped before the frame is given up as [`SkipReason::NotIp`].
+pub const MAX_VLAN_TAGS: usize = 4;
+
+/// Most IPv6 extension headers walked; past that the packet is returned with the pending
+/// next-header value as its protocol and ports 0.
+pub const MAX_IPV6_EXT_HEADERS: usize = 8;
+
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_VLAN: u16 = 0x8100;
+const ETHERTYPE_QINQ: u16 = 0x88a8;
+const ETHERTYPE_QINQ_OLD: u16 = 0x9100;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_UDPLITE: u8 = 136;
+
+/// Link-layer framing of captured frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkType {
+    /// Ethernet II, optionally VLAN-tagged (pcap link type 1).
+    Ethernet,
+    /// Linux cooked capture v1, 16-byte header (pcap link type 113).
+    LinuxSll,
+    /// Linux cooked capture v2, 20-byte header (pcap link type 276).
+    LinuxSll2,
+    /// Bare IPv4 or IPv6 packets; the version nibble decides (pcap link types 101, 12, 14,
+    /// 228, 229).
+    RawIp,
+}
+
+impl LinkType {
+    /// The link type for a pcap / pcapng `LINKTYPE_*` (or `DLT_*`) value, or `None` when
+    /// the decoder does not support it.
+    ///
+    /// 1 → Ethernet, 113 → Linux SLL, 276 → Linux SLL2, and raw IP for 101
+    /// (`LINKTYPE_RAW`), 12 and 14 (`DLT_RAW` on various platforms), 228
+    /// (`LINKTYPE_IPV4`) and 229 (`LINKTYPE_IPV6`).
+    #[must_use]
+    pub fn from_pcap_linktype(dlt: u32) -> Option<LinkType> {
+        match dlt {
+            1 => Some(LinkType::Ethernet),
+            113 => Some(LinkType::LinuxSll),
+            276 => Some(LinkType::LinuxSll2),
+            12 | 14 | 101 | 228 | 229 => Some(LinkType::RawIp),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a packet is an IP fragment, and which part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// A whole packet (IPv4 offset 0 without more-fragments; IPv6 without a Fragment header,
+    /// or an atomic fragment with offset 0 and M clear).
+    None,
+    /// The first fragment (offset 0, more-fragments set): it carries the transport header,
+    /// so ports are decoded.
+    First {
+        /// IPv4 identification field, or the IPv6 Fragment header's identification.
+        id: u32,
+    },
+    /// A later fragment (offset > 0): no transport header, ports are 0.
+    Later {
+        /// IPv4 identification field, or the IPv6 Fragment header's identification.
+        id: u32,
+    },
+}
+
+/// What the flow log needs from one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// Source MAC: from Ethernet, or a cooked capture's link-layer address when it is 6
+    /// bytes long.
+    pub src_mac: Option<[u8; 6]>,
+    /// Destination MAC (Ethernet only).
+    pub dst_mac: Option<[u8; 6]>,
+    /// Linux cooked capture packet type: 0 to us, 1 broadcast, 2 multicast, 3 to another
+    /// host, 4 outgoing.
+    pub sll_packet_type: Option<u16>,
+    /// VLAN id (low 12 bits of the TCI) of the outermost tag.
+    pub vlan: Option<u16>,
+    /// Source address; same family as `dst`.
+    pub src: IpAddr,
+    /// Destination address; same family as `src`.
+    pub dst: IpAddr,
+    /// IPv4 protocol, or IPv6's final next-header after the extension headers.
+    pub protocol: u8,
+    /// Source port for TCP, UDP, SCTP and UDP-Lite; 0 for other protocols, later
+    /// fragments, and transport headers the capture cut off.
+    pub src_port: u16,
+    /// Destination port; 0 in the same cases as `src_port`.
+    pub dst_port: u16,
+    /// Bytes as AWS counts them: IPv4 total length, or 40 + IPv6 payload length.
+    /// At least 20 for IPv4 and 40 for IPv6.
+    pub ip_len: u32,
+    /// The TCP flag byte (FIN 0x01 … CWR 0x80); 0 when not TCP or not captured.
+    pub tcp_flags: u8,
+    /// Fragmentation state.
+    pub fragment: Fragment,
+}
+
+/// Why a frame produced no [`PacketMeta`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    /// The frame ends before the link-layer or IP headers do (including IPv6 extension
+    /// headers).
+    Truncated,
+    /// Not an IPv4 / IPv6 frame (ARP, LLDP, …), or more VLAN tags than [`MAX_VLAN_TAGS`].
+    NotIp,
+    /// Malformed IP header: wrong version, IHL < 5, total length shorter than the header,
+    /// or an IPv6 extension header running past the packet's declared end.
+    BadIpHeader,
+    /// The capture's link type is not supported.
+    ///
+    /// [`decode_frame`] never returns it (a [`LinkType`] is always supported); it exists
+    /// for callers that map pcap link types with [`LinkType::from_pcap_linktype`].
+    UnsupportedLinkType,
+}
+
+impl SkipReason {
+    /// Every reason, for registering metric label values up front.
+    pub const ALL: [SkipReason; 4] = [
+        SkipReason::Truncated,
+        SkipReason::NotIp,
+        SkipReason::BadIpHeader,
+        SkipReason::UnsupportedLinkType,
+    ];
+
+    /// The metric label value: `truncated`, `not_ip`, `bad_ip_header` or
+    /// `unsupported_link_type`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Truncated => "truncated",
+            SkipReason::NotIp => "not_ip",
+            SkipReason::BadIpHeader => "bad_ip_header",
+            SkipReason::UnsupportedLinkType => "unsupported_link_type",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Decodes one captured frame of the given link type.
+///
+/// Never panics and never allocates. See the [module documentation](self) for what is
+/// supported and how truncated captures are handled.
+///
+/// # Errors
+///
+/// [`SkipReason::Truncated`] when the capture ends inside the link-layer or IP headers,
+/// [`SkipReason::NotIp`] for non-IP frames, [`SkipReason::BadIpHeader`] for malformed IP
+/// headers. A transport header cut off by the capture is not an error (ports are 0).
+pub fn decode_frame(link: LinkType, frame: &[u8]) -> Result<PacketMeta, SkipReason> {
+    match link {
+        LinkType::Ethernet => decode_ethernet(frame),
+        LinkType::LinuxSll => decode_sll(frame),
+        LinkType::LinuxSll2 => decode_sll2(frame),
+        LinkType::RawIp => decode_raw_ip(frame),
+    }
+}
+
+/// Link-layer fields collected before the IP header.
+#[derive(Clone, Copy, Default)]
+struct LinkInfo {
+    src_mac: Option<[u8; 6]>,
+    dst_mac: Option<[u8; 6]>,
+    sll_packet_type: Option<u16>,
+    vlan: Option<u16>,
+}
+
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+fn decode_ethernet(frame: &[u8]) -> Result<PacketMeta, SkipReason> {
+    let (dst, rest) = frame
+        .split_first_chunk::<6>()
+        .ok_or(SkipReason::Truncated)?;
+    let (src, rest) = rest.split_first_chunk::<6>().ok_or(SkipReason::Truncated)?;
+    let (ethertype, rest) = rest.split_first_chunk::<2>().ok_or(SkipReason::Truncated)?;
+    let link = LinkInfo {
+        src_mac: Some(*src),
+        dst_mac: Some(*dst),
+        ..LinkInfo::default()
+    };
+    decode_ethertype(be16(*ethertype), rest, link)
+}
+
+fn decode_sll(frame: &[u8]) -> Result<PacketMeta, SkipReason> {
+    let (h, rest) = frame
+        .split_first_chunk::<16>()
+        .ok_or(SkipReason::Truncated)?;
+    // 0: packet type, 2: ARPHRD type, 4: address length, 6: address (8 bytes), 14: protocol.
+    let addr_len = be16([h[4], h[5]]);
+    let link = LinkInfo {
+        src_mac: (addr_len == 6).then_some([h[6], h[7], h[8], h[9], h[10], h[11]]),
+        dst_mac: None,
+        sll_packet_type: Some(be16([h[0], h[1]])),
+        vlan: None,
+    };
+    decode_ethertype(be16([h[14], h[15]]), rest, link)
+}
+
+fn decode_sll2(frame: &[u8]) -> Result<PacketMeta, SkipReason> {
+    let (h, rest) = frame
+        .split_first_chunk::<20>()
+        .ok_or(SkipReason::Truncated)?;
+    // 0: protocol, 2: reserved, 4: interface index, 8: ARPHRD type, 10: packet type,
+    // 11: address length, 12: address (8 bytes).
+    let link = LinkInfo {
+        src_mac: (h[11] == 6).then_some([h[12], h[13], h[14], h[15], h[16], h[17]]),
+        dst_mac: None,
+        sll_packet_type: Some(u16::from(h[10])),
+        vlan: None,
+    };
+    decode_ethertype(be16([h[0], h[1]]), rest, link)
+}
+
+fn decode_raw_ip(packet: &[u8]) -> Result<PacketMeta, SkipReason> {
+    match packet.first().map(|b| b >> 4) {
+        None => Err(SkipReason::Truncated),
+        Some(4) => decode_ipv4(packet, LinkInfo::default()),
+        Some(6) => decode_ipv6(packet, LinkInfo::default()),
+        // The link type promises IP, so another version is a broken IP header.
+        Some(_) => Err(SkipReason::BadIpHeader),
+    }
+}
+
+fn is_vlan_tpid(ethertype: u16) -> bool {
+    matches!(
+        ethertype,
+        ETHERTYPE_VLAN | ETHERTYPE_QINQ | ETHERTYPE_QINQ_OLD
+    )
+}
+
+/// Skips VLAN tags, then dispatches on the `EtherType`.
+fn decode_ethertype(
+    mut ethertype: u16,
+    mut rest: &[u8],
+    mut link: LinkInfo,
+) -> Result<PacketMeta, SkipReason> {
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan_tpid(ethertype) {
+            break;
+        }
+        let (&[t0, t1, e0, e1], tail) =
+            rest.split_first_chunk::<4>().ok_or(SkipReason::Truncated)?;
+        if link.vlan.is_none() {
+            link.vlan = Some(be16([t0, t1]) & 0x0fff);
+        }
+        ethertype = be16([e0, e1]);
+        rest = tail;
+    }
+    match ethertype {
+        // Still tagged after MAX_VLAN_TAGS tags.
+        t if is_vlan_tpid(t) => Err(SkipReason::NotIp),
+        ETHERTYPE_IPV4 => decode_ipv4(rest, link),
+        ETHERTYPE_IPV6 => decode_ipv6(rest, link),
+        _ => Err(SkipReason::NotIp),
+    }
+}
+
+fn decode_ipv4(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> {
+    let &first = packet.first().ok_or(SkipReason::Truncated)?;
+    if first >> 4 != 4 {
+        return Err(SkipReason::BadIpHeader);
+    }
+    let header_len = usize::from(first & 0x0f) * 4;
+    if header_len < 20 {
+        return Err(SkipReason::BadIpHeader);
+    }
+    let h = packet.first_chunk::<20>().ok_or(SkipReason::Truncated)?;
+    let total_len = be16([h[2], h[3]]);
+    if usize::from(total_len) < header_len {
+        return Err(SkipReason::BadIpHeader);
+    }
+    let id = u32::from(be16([h[4], h[5]]));
+    let flags_offset = be16([h[6], h[7]]);
+    let protocol = h[9];
+    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+
+    // Bytes past the total length are link-layer padding, not transport header.
+    let declared = packet.get(..usize::from(total_len)).unwrap_or(packet);
+    // `declared` is shorter than the header only when the capture is (total_len >= header_len).
+    let l4 = declared.get(header_len..).ok_or(SkipReason::Truncated)?;
+
+    let more_fragments = flags_offset & 0x2000 != 0;
+    let fragment = if flags_offset & 0x1fff != 0 {
+        Fragment::Later { id }
+    } else if more_fragments {
+        Fragment::First { id }
+    } else {
+        Fragment::None
+    };
+    Ok(packet_meta(
+        link,
+        IpAddr::V4(src),
+        IpAddr::V4(dst),
+        protocol,
+        u32::from(total_len),
+        fragment,
+        l4,
+    ))
+}
+
+fn decode_ipv6(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> {
+    let &first = packet.first().ok_or(SkipReason::Truncated)?;
+    if first >> 4 != 6 {
+        return Err(SkipReason::BadIpHeader);
+    }
+    let (h, rest) = packet
+        .split_first_chunk::<8>()
+        .ok_or(SkipReason::Truncated)?;
+    let (src, rest) = rest
+        .split_first_chunk::<16>()
+        .ok_or(SkipReason::Truncated)?;
+    let (dst, rest) = rest
+        .split_first_chunk::<16>()
+        .ok_or(SkipReason::Truncated)?;
+    let payload_len = be16([h[4], h[5]]);
+    let mut next = h[6];
+
+    // Payload length 0 means a jumbogram (or a Linux BIG TCP / GSO packet): the real end is
+    // unknown, so the captured bytes are used for header walking.
+    let (mut data, whole_packet_captured) = if payload_len == 0 {
+        (rest, false)
+    } else {
+        match rest.get(..usize::from(payload_len)) {
+            Some(declared) => (declared, true),
+            None => (rest, false),
+        }
+    };
+    // An extension header that does not fit: malformed if the whole declared packet is
+    // there, otherwise the capture cut it.
+    let short = if whole_packet_captured {
+        SkipReason::BadIpHeader
+    } else {
+        SkipReason::Truncated
+    };
+
+    let mut fragment = Fragment::None;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
+                let &[next_header, len] = data.first_chunk::<2>().ok_or(short)?;
+                // AH counts 4-octet units minus 2, the others 8-octet units minus 1.
+                let (extra, unit) = if next == IPPROTO_AH { (2, 4) } else { (1, 8) };
+                let ext_len = usize::from(len)
+                    .checked_add(extra)
+                    .and_then(|units| units.checked_mul(unit))
+                    .ok_or(SkipReason::BadIpHeader)?;
+                data = data.get(ext_len..).ok_or(short)?;
+                next = next_header;
+            }
+            IPPROTO_FRAGMENT => {
+                let (f, tail) = data.split_first_chunk::<8>().ok_or(short)?;
+                let offset_m = be16([f[2], f[3]]);
+                let id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+                next = f[0];
+                data = tail;
+                if offset_m >> 3 != 0 {
+                    fragment = Fragment::Later { id };
+                    break;
+                }
+                if offset_m & 1 != 0 {
+                    fragment = Fragment::First { id };
+                }
+            }
+            _ => break,
+        }
+    }
+
+    Ok(packet_meta(
+        link,
+        IpAddr::V6(Ipv6Addr::from(*src)),
+        IpAddr::V6(Ipv6Addr::from(*dst)),
+        next,
+        40 + u32::from(payload_len),
+        fragment,
+        data,
+    ))
+}
+
+fn packet_meta(
+    link: LinkInfo,
+    src: IpAddr,
+    dst: IpAddr,
+    protocol: u8,
+    ip_len: u32,
+    fragment: Fragment,
+    l4: &[u8],
+) -> PacketMeta {
+    let (src_port, dst_port, tcp_flags) = if matches!(fragment, Fragment::Later { .. }) {
+        (0, 0, 0)
+    } else {
+        transport(protocol, l4)
+    };
+    PacketMeta {
+        src_mac: link.src_mac,
+        dst_mac: link.dst_mac,
+        sll_packet_type: link.sll_packet_type,
+        vlan: link.vlan,
+        src,
+        dst,
+        protocol,
+        src_port,
+        dst_port,
+        ip_len,
+        tcp_flags,
+        fragment,
+    }
+}
+
+/// Ports and TCP flags from the transport header; zeros for port-less protocols and for
+/// whatever the capture cut off (ports need 4 bytes, TCP flags 14).
+fn transport(protocol: u8, l4: &[u8]) -> (u16, u16, u8) {
+    match protocol {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+            let Some(&[s0, s1, d0, d1]) = l4.first_chunk::<4>() else {
+                return (0, 0, 0);
+            };
+            let flags = if protocol == IPPROTO_TCP {
+                l4.get(13).copied().unwrap_or(0)
+            } else {
+                0
+            };
+            (be16([s0, s1]), be16([d0, d1]), flags)
+        }
+        _ => (0, 0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
+    const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+    const V4_A: [u8; 4] = [10, 0, 0, 1];
+    const V4_B: [u8; 4] = [192, 168, 1, 2];
+    const V6_A: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const V6_B: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+
+    // ---- byte builders ----
+
+    fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&MAC_B); // dst
+        f.extend_from_slice(&MAC_A); // src
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Ethernet with VLAN tags `(tpid, vid)`, outermost first.
+    fn eth_tagged(tags: &[(u16, u16)], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&MAC_B);
+        f.extend_from_slice(&MAC_A);
+        for &(tpid, vid) in tags {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            // Priority 5 in the PCP bits, to check they are masked off.
+            f.extend_from_slice(&((5 << 13) | vid).to_be_bytes());
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn sll(packet_type: u16, addr: &[u8], protocol: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&packet_type.to_be_bytes());
+        f.extend_from_slice(&1u16.to_be_bytes()); // ARPHRD_ETHER
+        f.extend_from_slice(&(addr.len() as u16).to_be_bytes());
+        let mut a = [0u8; 8];
+        a[..addr.len()].copy_from_slice(addr);
+        f.extend_from_slice(&a);
+        f.extend_from_slice(&protocol.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn sll2(packet_type: u8, addr: &[u8], protocol: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&protocol.to_be_bytes());
+        f.extend_from_slice(&[0, 0]); // reserved
+        f.extend_from_slice(&7u32.to_be_bytes()); // ifindex
+        f.extend_from_slice(&1u16.to_be_bytes()); // ARPHRD_ETHER
+        f.push(packet_type);
+        f.push(addr.len() as u8);
+        let mut a = [0u8; 8];
+        a[..addr.len()].copy_from_slice(addr);
+        f.extend_from_slice(&a);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An IPv4 packet; `options` must be a multiple of 4 bytes.
+    fn ipv4(protocol: u8, id: u16, flags_offset: u16, options: &[u8], payload: &[u8]) -> Vec<u8> {
+        assert_eq!(options.len() % 4, 0);
+        let header_len = 20 + options.len();
+        let total = (header_len + payload.len()) as u16;
+        let mut p = vec![0x40 | (header_len / 4) as u8, 0];
+        p.extend_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&id.to_be_bytes());
+        p.extend_from_slice(&flags_offset.to_be_bytes());
+        p.extend_from_slice(&[64, protocol, 0, 0]); // TTL, protocol, checksum
+        p.extend_from_slice(&V4_A);
+        p.extend_from_slice(&V4_B);
+        p.extend_from_slice(options);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// An IPv6 packet; `payload` includes any extension headers.
+    fn ipv6(next_header: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[next_header, 64]);
+        p.extend_from_slice(&V6_A);
+        p.extend_from_slice(&V6_B);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    /// A Hop-by-Hop / Routing / Destination Options header of `8 * (units + 1)` bytes.
+    fn ext_header(next_header: u8, units: u8) -> Vec<u8> {
+        let mut h = vec![next_header, units];
+        // PadN option filling the rest.
+        let rest = 8 * (usize::from(units) + 1) - 2;
+        h.push(1);
+        h.push((rest - 2) as u8);
+        h.resize(h.len() + rest - 2, 0);
+        h
+    }
+
+    fn frag_header(next_header: u8, offset_units: u16, more: bool, id: u32) -> Vec<u8> {
+        let mut h = vec![next_header, 0];
+        h.extend_from_slice(&((offset_units << 3) | u16::from(more)).to_be_bytes());
+        h.extend_from_slice(&id.to_be_bytes());
+        h
+    }
+
+    fn tcp(src_port: u16, dst_port: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&src_port.to_be_bytes());
+        t.extend_from_slice(&dst_port.to_be_bytes());
+        t.extend_from_slice(&1000u32.to_be_bytes()); // seq
+        t.extend_from_slice(&0u32.to_be_bytes()); // ack
+        t.push(5 << 4); // data offset
+        t.push(flags);
+        t.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]); // window, checksum, urgent
+        t.extend_from_slice(payload);
+        t
+    }
+
+    fn udp(src_port: u16, dst_port: u16, payload: &[u8]) -> Vec<u8> {
+        let mut u = Vec::new();
+        u.extend_from_slice(&src_port.to_be_bytes());
+        u.extend_from_slice(&dst_port.to_be_bytes());
+        u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        u
+    }
+
+    fn icmp_echo() -> Vec<u8> {
+        vec![8, 0, 0, 0, 0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g']
+    }
+
+    fn v4(a: [u8; 4]) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(a))
+    }
+
+    fn v6(a: [u8; 16]) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(a))
+    }
+
+    /// Record-route option (7 bytes) + end-of-options, padded to 12 bytes.
+    const IPV4_OPTIONS: [u8; 12] = [7, 7, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    fn eth_ipv4_tcp_syn() -> Vec<u8> {
+        eth(
+            ETHERTYPE_IPV4,
+            &ipv4(6, 0x1234, 0x4000, &IPV4_OPTIONS, &tcp(40000, 443, SYN, b"")),
+        )
+    }
+
+    /// Properties every decoded packet must have (mirrored in the fuzz target).
+    fn check_invariants(link: LinkType, m: &PacketMeta) {
+        match (m.src, m.dst) {
+            (IpAddr::V4(_), IpAddr::V4(_)) => assert!(m.ip_len >= 20, "{m:?}"),
+            (IpAddr::V6(_), IpAddr::V6(_)) => assert!(m.ip_len >= 40, "{m:?}"),
+            _ => panic!("mixed address families: {m:?}"),
+        }
+        if matches!(m.protocol, 1 | 58) || matches!(m.fragment, Fragment::Later { .. }) {
+            assert_eq!((m.src_port, m.dst_port), (0, 0), "{m:?}");
+        }
+        if m.tcp_flags != 0 {
+            assert_eq!(m.protocol, 6, "{m:?}");
+        }
+        match link {
+            LinkType::Ethernet => {
+                assert!(m.src_mac.is_some() && m.dst_mac.is_some());
+                assert_eq!(m.sll_packet_type, None);
+            }
+            LinkType::LinuxSll | LinkType::LinuxSll2 => {
+                assert_eq!(m.dst_mac, None);
+                assert!(m.sll_packet_type.is_some());
+                if link == LinkType::LinuxSll2 {
+                    assert!(m.sll_packet_type.is_some_and(|t| t <= 0xff));
+                }
+            }
+            LinkType::RawIp => {
+                assert_eq!((m.src_mac, m.dst_mac), (None, None));
+                assert_eq!((m.sll_packet_type, m.vlan), (None, None));
+            }
+        }
+        if let Some(vlan) = m.vlan {
+            assert!(vlan <= 0x0fff);
+        }
+    }
+
+    // ---- tests ----
+
+    #[test]
+    fn link_types_and_labels() {
+        assert_eq!(LinkType::from_pcap_linktype(1), Some(LinkType::Ethernet));
+        assert_eq!(LinkType::from_pcap_linktype(113), Some(LinkType::LinuxSll));
+        assert_eq!(LinkType::from_pcap_linktype(276), Some(LinkType::LinuxSll2));
+        for raw in [12, 14, 101, 228, 229] {
+            assert_eq!(LinkType::from_pcap_linktype(raw), Some(LinkType::RawIp));
+        }
+        assert_eq!(LinkType::from_pcap_linktype(0), None);
+        assert_eq!(LinkType::from_pcap_linktype(105), None);
+        let labels: Vec<_> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "truncated",
+                "not_ip",
+                "bad_ip_header",
+                "unsupported_link_type"
+            ]
+        );
+        assert_eq!(SkipReason::NotIp.to_string(), "not_ip");
+    }
+
+    #[test]
+    fn ethernet_ipv4_tcp_syn_with_options() {
+        let frame = eth_ipv4_tcp_syn();
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(
+            m,
+            PacketMeta {
+                src_mac: Some(MAC_A),
+                dst_mac: Some(MAC_B),
+                sll_packet_type: None,
+                vlan: None,
+                src: v4(V4_A),
+                dst: v4(V4_B),
+                protocol: 6,
+                src_port: 40000,
+                dst_port: 443,
+                ip_len: 20 + 12 + 20,
+                tcp_flags: SYN,
+                fragment: Fragment::None,
+            }
+        );
+    }
+
+    #[test]
+    fn ethernet_ipv4_udp_ignores_padding() {
+        // A short UDP datagram padded to Ethernet's 60-byte minimum: ip_len is the IP total
+        // length, not the frame length.
+        let mut frame = eth(ETHERTYPE_IPV4, &ipv4(17, 1, 0, &[], &udp(5353, 53, b"q")));
+        frame.resize(60, 0);
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!((m.protocol, m.src_port, m.dst_port), (17, 5353, 53));
+        assert_eq!((m.ip_len, m.tcp_flags), (29, 0));
+        assert_eq!(m.fragment, Fragment::None);
+    }
+
+    #[test]
+    fn sctp_and_udplite_ports() {
+        for proto in [132, 136] {
+            let frame = eth(ETHERTYPE_IPV4, &ipv4(proto, 1, 0, &[], &udp(7, 9, b"xx")));
+            let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+            assert_eq!((m.protocol, m.src_port, m.dst_port), (proto, 7, 9));
+        }
+        // Other protocols (GRE here) have no ports even if bytes are there.
+        let frame = eth(ETHERTYPE_IPV4, &ipv4(47, 1, 0, &[], &udp(7, 9, b"xx")));
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!((m.protocol, m.src_port, m.dst_port), (47, 0, 0));
+    }
+
+    #[test]
+    fn icmp_and_icmpv6_have_no_ports() {
+        let frame = eth(ETHERTYPE_IPV4, &ipv4(1, 1, 0, &[], &icmp_echo()));
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(
+            (m.protocol, m.src_port, m.dst_port, m.tcp_flags),
+            (1, 0, 0, 0)
+        );
+        assert_eq!(m.ip_len, 20 + 12);
+
+        let frame = eth(ETHERTYPE_IPV6, &ipv6(58, &[128, 0, 0, 0, 0, 1, 0, 1]));
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!((m.protocol, m.src_port, m.dst_port), (58, 0, 0));
+        assert_eq!(m.ip_len, 48);
+    }
+
+    #[test]
+    fn single_vlan_and_qinq() {
+        let inner = ipv4(17, 1, 0, &[], &udp(1, 2, b""));
+        let frame = eth_tagged(&[(ETHERTYPE_VLAN, 100)], ETHERTYPE_IPV4, &inner);
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!((m.vlan, m.src_port, m.dst_port), (Some(100), 1, 2));
+        assert_eq!(m.src_mac, Some(MAC_A));
+
+        for outer in [ETHERTYPE_QINQ, ETHERTYPE_QINQ_OLD] {
+            let frame = eth_tagged(
+                &[(outer, 200), (ETHERTYPE_VLAN, 100)],
+                ETHERTYPE_IPV4,
+                &inner,
+            );
+            let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+            assert_eq!((m.vlan, m.src_port, m.dst_port), (Some(200), 1, 2));
+        }
+
+        let four = [
+            (ETHERTYPE_QINQ, 4095),
+            (ETHERTYPE_VLAN, 3),
+            (0x8100, 2),
+            (0x8100, 1),
+        ];
+        let frame = eth_tagged(&four, ETHERTYPE_IPV4, &inner);
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(m.vlan, Some(4095));
+
+        let five = [
+            (0x8100, 5),
+            (0x8100, 4),
+            (0x8100, 3),
+            (0x8100, 2),
+            (0x8100, 1),
+        ];
+        let frame = eth_tagged(&five, ETHERTYPE_IPV4, &inner);
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &frame),
+            Err(SkipReason::NotIp)
+        );
+
+        // Cut inside the tag.
+        let frame = eth_tagged(&[(ETHERTYPE_VLAN, 100)], ETHERTYPE_IPV4, &inner);
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &frame[..16]),
+            Err(SkipReason::Truncated)
+        );
+        // A tagged ARP frame is still not IP.
+        let frame = eth_tagged(&[(ETHERTYPE_VLAN, 100)], 0x0806, &[0; 28]);
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &frame),
+            Err(SkipReason::NotIp)
+        );
+    }
+
+    #[test]
+    fn ipv6_tcp_after_hop_by_hop_and_destination_options() {
+        let mut payload = ext_header(60, 0); // Hop-by-Hop → Destination Options
+        payload.extend(ext_header(6, 1)); // Destination Options (16 bytes) → TCP
+        payload.extend(tcp(50000, 22, SYN | ACK, b"hello"));
+        let frame = eth(ETHERTYPE_IPV6, &ipv6(0, &payload));
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(
+            m,
+            PacketMeta {
+                src_mac: Some(MAC_A),
+                dst_mac: Some(MAC_B),
+                sll_packet_type: None,
+                vlan: None,
+                src: v6(V6_A),
+                dst: v6(V6_B),
+                protocol: 6,
+                src_port: 50000,
+                dst_port: 22,
+                ip_len: 40 + 8 + 16 + 20 + 5,
+                tcp_flags: SYN | ACK,
+                fragment: Fragment::None,
+            }
+        );
+    }
+
+    #[test]
+    fn ipv6_routing_and_authentication_headers() {
+        let mut payload = ext_header(51, 0); // Routing → AH
+        // AH: payload len 4 → (4 + 2) * 4 = 24 bytes.
+        let mut ah = vec![17, 4];
+        ah.resize(24, 0xaa);
+        payload.extend(ah);
+        payload.extend(udp(123, 123, b"ntp"));
+        let m = decode_frame(LinkType::RawIp, &ipv6(43, &payload)).unwrap();
+        assert_eq!((m.protocol, m.src_port, m.dst_port), (17, 123, 123));
+    }
+
+    #[test]
+    fn ipv6_no_next_header_and_too_many_extension_headers() {
+        let m = decode_frame(LinkType::RawIp, &ipv6(0, &ext_header(59, 0))).unwrap();
+        assert_eq!(
+            (m.protocol, m.src_port, m.dst_port, m.ip_len),
+            (59, 0, 0, 48)
+        );
+
+        let mut payload = Vec::new();
+        for _ in 0..MAX_IPV6_EXT_HEADERS {
+            payload.extend(ext_header(60, 0));
+        }
+        payload.extend(ext_header(17, 0));
+        payload.extend(udp(1, 2, b""));
+        let m = decode_frame(LinkType::RawIp, &ipv6(60, &payload)).unwrap();
+        assert_eq!((m.protocol, m.src_port, m.dst_port), (60, 0, 0));
+    }
+
+    #[test]
+    fn ipv6_extension_header_overruns() {
+        // Declared 16-byte Destination Options header, but the packet ends after 8 bytes and
+        // was captured whole: malformed.
+        let mut payload = ext_header(6, 1);
+        payload.truncate(8);
+        let packet = ipv6(60, &payload);
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &packet),
+            Err(SkipReason::BadIpHeader)
+        );
+        // The capture cut a well-formed header: truncated.
+        let mut payload = ext_header(6, 1);
+        payload.extend(tcp(1, 2, SYN, b""));
+        let packet = ipv6(60, &payload);
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &packet[..40 + 10]),
+            Err(SkipReason::Truncated)
+        );
+    }
+
+    #[test]
+    fn ipv6_ip_len_is_40_plus_payload_length() {
+        for len in [0usize, 1, 8, 100, 1400] {
+            let packet = ipv6(17, &udp(1, 2, &vec![0; len]));
+            let m = decode_frame(LinkType::RawIp, &packet).unwrap();
+            assert_eq!(m.ip_len, 40 + 8 + len as u32);
+            // Captured header only (snap length 40): same count, no ports.
+            let m = decode_frame(LinkType::RawIp, &packet[..40]).unwrap();
+            assert_eq!((m.ip_len, m.src_port), (40 + 8 + len as u32, 0));
+        }
+        // Payload length 0 (jumbogram / BIG TCP): 40, transport still read from the capture.
+        let mut packet = ipv6(6, &tcp(1, 2, ACK, b""));
+        packet[4..6].copy_from_slice(&[0, 0]);
+        let m = decode_frame(LinkType::RawIp, &packet).unwrap();
+        assert_eq!(
+            (m.ip_len, m.src_port, m.dst_port, m.tcp_flags),
+            (40, 1, 2, ACK)
+        );
+    }
+
+    #[test]
+    fn ipv6_fragments() {
+        let mut payload = frag_header(17, 0, true, 0xdead_beef);
+        payload.extend(udp(4000, 4001, &[0; 16]));
+        let frame = eth(ETHERTYPE_IPV6, &ipv6(44, &payload));
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(m.fragment, Fragment::First { id: 0xdead_beef });
+        assert_eq!((m.protocol, m.src_port, m.dst_port), (17, 4000, 4001));
+        assert_eq!(m.ip_len, 40 + 8 + 24);
+
+        // Later fragment: bytes after the header look like ports but are data.
+        let mut payload = frag_header(17, 3, false, 0xdead_beef);
+        payload.extend([0x11; 16]);
+        let frame = eth(
+            ETHERTYPE_IPV6,
+            &ipv6(0, &[ext_header(44, 0), payload].concat()),
+        );
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(m.fragment, Fragment::Later { id: 0xdead_beef });
+        assert_eq!((m.protocol, m.src_port, m.dst_port), (17, 0, 0));
+
+        // Atomic fragment (offset 0, M clear) is a whole packet.
+        let mut payload = frag_header(6, 0, false, 9);
+        payload.extend(tcp(1, 2, SYN, b""));
+        let m = decode_frame(LinkType::RawIp, &ipv6(44, &payload)).unwrap();
+        assert_eq!(m.fragment, Fragment::None);
+        assert_eq!((m.protocol, m.src_port, m.tcp_flags), (6, 1, SYN));
+    }
+
+    #[test]
+    fn ipv4_fragments() {
+        // First: MF set, offset 0 → ports present.
+        let frame = eth(
+            ETHERTYPE_IPV4,
+            &ipv4(17, 0x4242, 0x2000, &[], &udp(1000, 2000, &[0; 32])),
+        );
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(m.fragment, Fragment::First { id: 0x4242 });
+        assert_eq!((m.src_port, m.dst_port), (1000, 2000));
+
+        // Later: offset > 0 (MF set or not) → no ports.
+        for flags_offset in [0x2000 | 5, 5] {
+            let frame = eth(
+                ETHERTYPE_IPV4,
+                &ipv4(17, 0x4242, flags_offset, &[], &[0x55; 40]),
+            );
+            let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+            assert_eq!(m.fragment, Fragment::Later { id: 0x4242 });
+            assert_eq!(
+                (m.protocol, m.src_port, m.dst_port, m.ip_len),
+                (17, 0, 0, 60)
+            );
+        }
+        // Later TCP fragment: no flags either.
+        let frame = eth(ETHERTYPE_IPV4, &ipv4(6, 7, 10, &[], &[0xff; 40]));
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!((m.fragment, m.tcp_flags), (Fragment::Later { id: 7 }, 0));
+        // DF alone is not a fragment.
+        let frame = eth(
+            ETHERTYPE_IPV4,
+            &ipv4(6, 7, 0x4000, &[], &tcp(1, 2, ACK, b"")),
+        );
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!(m.fragment, Fragment::None);
+    }
+
+    #[test]
+    fn sll_and_sll2_outgoing() {
+        let inner = ipv4(6, 1, 0, &[], &tcp(33000, 80, ACK, b"GET"));
+        let frame = sll(4, &MAC_A, ETHERTYPE_IPV4, &inner);
+        let m = decode_frame(LinkType::LinuxSll, &frame).unwrap();
+        assert_eq!(m.sll_packet_type, Some(4));
+        assert_eq!((m.src_mac, m.dst_mac), (Some(MAC_A), None));
+        assert_eq!((m.src_port, m.dst_port, m.tcp_flags), (33000, 80, ACK));
+
+        let inner6 = ipv6(17, &udp(546, 547, b""));
+        let frame = sll2(4, &MAC_A, ETHERTYPE_IPV6, &inner6);
+        let m = decode_frame(LinkType::LinuxSll2, &frame).unwrap();
+        assert_eq!(m.sll_packet_type, Some(4));
+        assert_eq!((m.src_mac, m.dst_mac), (Some(MAC_A), None));
+        assert_eq!((m.src, m.src_port, m.dst_port), (v6(V6_A), 546, 547));
+
+        // Non-Ethernet link-layer address (e.g. a tunnel, length 0 or 4): no MAC.
+        let frame = sll(0, &[1, 2, 3, 4], ETHERTYPE_IPV4, &inner);
+        let m = decode_frame(LinkType::LinuxSll, &frame).unwrap();
+        assert_eq!((m.src_mac, m.sll_packet_type), (None, Some(0)));
+        let frame = sll2(3, &[], ETHERTYPE_IPV4, &inner);
+        let m = decode_frame(LinkType::LinuxSll2, &frame).unwrap();
+        assert_eq!((m.src_mac, m.sll_packet_type), (None, Some(3)));
+
+        // VLAN tag left in a cooked capture.
+        let mut tagged = vec![0x00, 0x2a]; // TCI: VLAN 42
+        tagged.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        tagged.extend_from_slice(&inner);
+        let frame = sll(0, &MAC_A, ETHERTYPE_VLAN, &tagged);
+        let m = decode_frame(LinkType::LinuxSll, &frame).unwrap();
+        assert_eq!((m.vlan, m.src_port), (Some(42), 33000));
+
+        // Non-IP and short headers.
+        let frame = sll(1, &MAC_A, 0x0806, &[0; 28]);
+        assert_eq!(
+            decode_frame(LinkType::LinuxSll, &frame),
+            Err(SkipReason::NotIp)
+        );
+        assert_eq!(
+            decode_frame(LinkType::LinuxSll, &frame[..15]),
+            Err(SkipReason::Truncated)
+        );
+        let frame = sll2(1, &MAC_A, 0x0806, &[0; 28]);
+        assert_eq!(
+            decode_frame(LinkType::LinuxSll2, &frame),
+            Err(SkipReason::NotIp)
+        );
+        assert_eq!(
+            decode_frame(LinkType::LinuxSll2, &frame[..19]),
+            Err(SkipReason::Truncated)
+        );
+    }
+
+    #[test]
+    fn raw_ip_v4_and_v6() {
+        let m = decode_frame(LinkType::RawIp, &ipv4(17, 1, 0, &[], &udp(53, 9999, b""))).unwrap();
+        assert_eq!((m.src, m.dst), (v4(V4_A), v4(V4_B)));
+        assert_eq!((m.src_port, m.dst_port, m.ip_len), (53, 9999, 28));
+        assert_eq!(
+            (m.src_mac, m.dst_mac, m.sll_packet_type, m.vlan),
+            (None, None, None, None)
+        );
+
+        let m = decode_frame(LinkType::RawIp, &ipv6(6, &tcp(443, 50000, 0x18, b"data"))).unwrap();
+        assert_eq!((m.src, m.dst), (v6(V6_A), v6(V6_B)));
+        assert_eq!(
+            (m.src_port, m.dst_port, m.tcp_flags, m.ip_len),
+            (443, 50000, 0x18, 64)
+        );
+
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &[]),
+            Err(SkipReason::Truncated)
+        );
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &[0x50; 40]),
+            Err(SkipReason::BadIpHeader)
+        );
+    }
+
+    #[test]
+    fn arp_and_other_ethertypes_are_not_ip() {
+        let arp = [0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 10, 10, 0, 0, 1];
+        let frame = eth(0x0806, &arp);
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &frame),
+            Err(SkipReason::NotIp)
+        );
+        for ethertype in [0x88cc, 0x8035, 0x0026 /* 802.3 length */] {
+            let frame = eth(ethertype, &[0; 46]);
+            assert_eq!(
+                decode_frame(LinkType::Ethernet, &frame),
+                Err(SkipReason::NotIp)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_ip_headers() {
+        let good = ipv4(6, 1, 0, &[], &tcp(1, 2, SYN, b""));
+        // IHL < 5.
+        let mut p = good.clone();
+        p[0] = 0x44;
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &p),
+            Err(SkipReason::BadIpHeader)
+        );
+        // Total length < header length.
+        let mut p = good.clone();
+        p[2..4].copy_from_slice(&19u16.to_be_bytes());
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &p),
+            Err(SkipReason::BadIpHeader)
+        );
+        // With options: total length covers 20 bytes but not the 24-byte header.
+        let mut p = ipv4(6, 1, 0, &[1, 1, 1, 0], &[]);
+        p[2..4].copy_from_slice(&20u16.to_be_bytes());
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &p),
+            Err(SkipReason::BadIpHeader)
+        );
+        // EtherType and version disagree.
+        let frame = eth(ETHERTYPE_IPV6, &good);
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &frame),
+            Err(SkipReason::BadIpHeader)
+        );
+        let frame = eth(ETHERTYPE_IPV4, &ipv6(59, &[]));
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &frame),
+            Err(SkipReason::BadIpHeader)
+        );
+        // Total length beyond the capture is a snap length, not an error.
+        let mut p = good.clone();
+        p[2..4].copy_from_slice(&1500u16.to_be_bytes());
+        let m = decode_frame(LinkType::RawIp, &p).unwrap();
+        assert_eq!((m.ip_len, m.src_port, m.tcp_flags), (1500, 1, SYN));
+    }
+
+    #[test]
+    fn every_truncation_point_of_ethernet_ipv4_tcp() {
+        let frame = eth_ipv4_tcp_syn();
+        let ip_header_end = 14 + 20 + IPV4_OPTIONS.len();
+        let full = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        for cut in 0..=frame.len() {
+            let result = decode_frame(LinkType::Ethernet, &frame[..cut]);
+            if cut < ip_header_end {
+                assert_eq!(result, Err(SkipReason::Truncated), "cut at {cut}");
+                continue;
+            }
+            let m = result.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            // The byte count comes from the IP header, never from the capture.
+            assert_eq!(m.ip_len, full.ip_len, "cut at {cut}");
+            assert_eq!((m.src, m.dst, m.protocol), (full.src, full.dst, 6));
+            let l4 = cut - ip_header_end;
+            if l4 < 4 {
+                assert_eq!(
+                    (m.src_port, m.dst_port, m.tcp_flags),
+                    (0, 0, 0),
+                    "cut at {cut}"
+                );
+            } else {
+                assert_eq!((m.src_port, m.dst_port), (40000, 443), "cut at {cut}");
+                let flags = if l4 >= 14 { SYN } else { 0 };
+                assert_eq!(m.tcp_flags, flags, "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_point_of_ipv6_with_extension_headers() {
+        let mut payload = ext_header(44, 0);
+        payload.extend(frag_header(6, 0, true, 77));
+        payload.extend(tcp(1, 2, SYN, b""));
+        let frame = sll2(0, &MAC_A, ETHERTYPE_IPV6, &ipv6(0, &payload));
+        let headers_end = 20 + 40 + 8 + 8;
+        for cut in 0..=frame.len() {
+            let result = decode_frame(LinkType::LinuxSll2, &frame[..cut]);
+            if cut < headers_end {
+                assert_eq!(result, Err(SkipReason::Truncated), "cut at {cut}");
+            } else {
+                let m = result.unwrap();
+                assert_eq!((m.protocol, m.ip_len), (6, 40 + 16 + 20));
+                assert_eq!(m.fragment, Fragment::First { id: 77 });
+                let ports = if cut >= headers_end + 4 {
+                    (1, 2)
+                } else {
+                    (0, 0)
+                };
+                assert_eq!((m.src_port, m.dst_port), ports, "cut at {cut}");
+            }
+        }
+    }
+
+    /// xorshift64: deterministic pseudo-random bytes without a dependency.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_keep_invariants() {
+        const LINKS: [LinkType; 4] = [
+            LinkType::Ethernet,
+            LinkType::LinuxSll,
+            LinkType::LinuxSll2,
+            LinkType::RawIp,
+        ];
+        // Valid frames to mutate, so the random inputs also reach deep decoder paths.
+        let mut ext = ext_header(44, 0);
+        ext.extend(frag_header(6, 0, true, 1));
+        ext.extend(tcp(1, 2, SYN, b""));
+        let seeds: [(LinkType, Vec<u8>); 5] = [
+            (LinkType::Ethernet, eth_ipv4_tcp_syn()),
+            (
+                LinkType::Ethernet,
+                eth_tagged(
+                    &[(ETHERTYPE_QINQ, 1), (ETHERTYPE_VLAN, 2)],
+                    ETHERTYPE_IPV6,
+                    &ipv6(0, &ext),
+                ),
+            ),
+            (
+                LinkType::LinuxSll,
+                sll(
+                    4,
+                    &MAC_A,
+                    ETHERTYPE_IPV4,
+                    &ipv4(17, 1, 0x2000, &[], &udp(1, 2, b"")),
+                ),
+            ),
+            (
+                LinkType::LinuxSll2,
+                sll2(4, &MAC_A, ETHERTYPE_IPV6, &ipv6(17, &udp(1, 2, b""))),
+            ),
+            (
+                LinkType::RawIp,
+                ipv6(
+                    43,
+                    &[
+                        ext_header(51, 0),
+                        vec![17, 1, 0, 0, 0, 0, 0, 0],
+                        udp(1, 2, b""),
+                    ]
+                    .concat(),
+                ),
+            ),
+        ];
+
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut buf = [0u8; 256];
+        let mut ok = 0usize;
+        for i in 0..200_000 {
+            let len;
+            if i % 2 == 0 {
+                // Pure random bytes.
+                len = rng.below(buf.len() + 1);
+                for b in &mut buf[..len] {
+                    *b = rng.next() as u8;
+                }
+            } else {
+                // A valid frame with a few random byte changes and a random cut.
+                let (_, seed) = &seeds[rng.below(seeds.len())];
+                len = rng.below(seed.len() + 1);
+                buf[..len].copy_from_slice(&seed[..len]);
+                for _ in 0..=rng.below(4) {
+                    if len > 0 {
+                        buf[rng.below(len)] = rng.next() as u8;
+                    }
+                }
+            }
+            for link in LINKS {
+                if let Ok(m) = decode_frame(link, &buf[..len]) {
+                    ok += 1;
+                    check_invariants(link, &m);
+                }
+            }
+        }
+        // The mutated frames must actually exercise the success paths.
+        assert!(ok > 10_000, "only {ok} frames decoded");
+    }
+
+    #[test]
+    fn valid_frames_keep_invariants() {
+        let cases = [
+            (LinkType::Ethernet, eth_ipv4_tcp_syn()),
+            (
+                LinkType::Ethernet,
+                eth(ETHERTYPE_IPV4, &ipv4(1, 1, 0, &[], &icmp_echo())),
+            ),
+            (
+                LinkType::LinuxSll,
+                sll(4, &MAC_A, ETHERTYPE_IPV6, &ipv6(58, &[1, 2, 3, 4])),
+            ),
+            (
+                LinkType::LinuxSll2,
+                sll2(
+                    0,
+                    &MAC_A,
+                    ETHERTYPE_IPV4,
+                    &ipv4(17, 1, 0, &[], &udp(1, 2, b"")),
+                ),
+            ),
+            (LinkType::RawIp, ipv6(44, &frag_header(6, 9, false, 1))),
+        ];
+        for (link, frame) in cases {
+            let m = decode_frame(link, &frame).unwrap();
+            check_invariants(link, &m);
+        }
+    }
+}

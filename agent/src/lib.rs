@@ -1,0 +1,8 @@
+//! flowlog-agent library.
+
+pub mod config;
+pub mod decode;
+pub mod flow;
+pub mod frames;
+pub mod pcap;
+pub mod replay;
