@@ -29,6 +29,18 @@ if [[ ! -x "$venv/bin/python" ]]; then
     fi
 fi
 
+# The agent's live-capture test builds a veth pair in a network namespace (iproute2) and
+# sends pings through it (iputils-ping); install them from Debian when missing.
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
+if [[ ${#missing[@]} -gt 0 ]]; then
+    sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -q
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${missing[@]}"
+fi
+
 hash="$(sha256sum "$requirements" | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$hash" ]]; then
     echo "requirements unchanged; skipping pip install"

@@ -1,5 +1,6 @@
 //! flowlog-agent library.
 
+pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod flow;

@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use flowlog_agent::config;
-use flowlog_agent::replay::replay;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use flowlog_agent::capture;
+use flowlog_agent::config::{self, AgentSettings};
+use flowlog_agent::replay::{prepare, replay};
 use flowlog_formats::text::TextWriter;
 
 /// Exit code for invalid usage (sysexits EX_USAGE).
@@ -14,9 +18,10 @@ const EX_USAGE: u8 = 64;
 
 /// flowlog host agent: turns the packets of this host's interfaces into VPC flow log records.
 ///
-/// Built so far: `--replay FILE --stdout`, which reads a pcap/pcapng capture (packet times as
-/// the clock) and prints the records in the configured format. Live capture, standalone
-/// output to files and delivery to the aggregator are not built yet.
+/// Built so far: `--stdout` output, from live capture on the configured interfaces (default:
+/// every up, non-loopback interface; needs CAP_NET_RAW) or from `--replay FILE` (pcap or
+/// pcapng, packet times as the clock). SIGINT/SIGTERM emit the current interval and exit.
+/// Standalone output to files and delivery to the aggregator are not built yet.
 #[derive(Debug, Parser)]
 #[command(name = "flowlog-agent", version, about, long_about)]
 struct Cli {
@@ -47,16 +52,15 @@ fn main() -> ExitCode {
         eprintln!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    let Some(path) = cli.replay else {
-        eprintln!("error: live capture is not built yet; use --replay FILE --stdout");
-        return ExitCode::from(EX_USAGE);
-    };
     if !cli.stdout {
         eprintln!(
             "error: standalone output and delivery to the aggregator are not built yet; use --stdout"
         );
         return ExitCode::from(EX_USAGE);
     }
+    let Some(path) = cli.replay else {
+        return live(&settings);
+    };
     let stdout = std::io::stdout();
     let mut writer = match TextWriter::new(
         std::io::BufWriter::new(stdout.lock()),
@@ -100,4 +104,52 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Captures until SIGINT/SIGTERM, printing records as their intervals close.
+fn live(settings: &AgentSettings) -> ExitCode {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("error: cannot install the signal handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    let threads = match capture::start(settings, stop, tx) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut writer = match TextWriter::new(
+        std::io::LineWriter::new(stdout.lock()),
+        settings.log_format.clone(),
+    ) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: writing to stdout failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut status = ExitCode::SUCCESS;
+    for (_interface, records) in rx {
+        for mut r in records {
+            if prepare(settings, &mut r) && writer.write_record(&r).is_err() {
+                status = ExitCode::FAILURE;
+            }
+        }
+        if writer.flush_buffer().is_err() {
+            status = ExitCode::FAILURE;
+        }
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    if writer.finish().and_then(|mut w| w.flush()).is_err() {
+        status = ExitCode::FAILURE;
+    }
+    status
 }

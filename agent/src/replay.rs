@@ -40,6 +40,13 @@ pub enum ReplayError {
     Output(#[source] io::Error),
 }
 
+/// Applies the flow log's settings to a record of a flow table: fills the region and says
+/// whether the traffic filter keeps it.
+pub fn prepare(settings: &AgentSettings, record: &mut FlowRecord) -> bool {
+    record.region = Some(settings.region.clone());
+    settings.traffic_type.keeps(record.action)
+}
+
 /// Replays `path`, handing every record to `emit` in interval order per interface. Packets
 /// of pcapng interface N belong to the N-th configured interface (classic pcap: the first).
 pub fn replay(

@@ -162,7 +162,7 @@ fn usage_errors_are_clear() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("live capture is not built yet"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use --stdout"));
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
