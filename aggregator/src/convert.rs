@@ -28,7 +28,7 @@ pub enum OutputFormat {
     Parquet,
 }
 
-/// Where a conversion reads from.
+/// Where a conversion or an import reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A file.
@@ -47,10 +47,19 @@ impl Input {
         }
     }
 
-    fn display(&self) -> String {
+    /// Returns the input's name for messages (`<stdin>` for standard input).
+    pub fn name(&self) -> String {
         match self {
             Input::Path(p) => p.display().to_string(),
             Input::Stdin => "<stdin>".to_owned(),
+        }
+    }
+
+    /// Opens the input; `headerless` gives the format of text without a header line.
+    pub fn open(&self, headerless: Option<LogFormat>) -> Result<RecordSource, InputError> {
+        match self {
+            Input::Path(p) => RecordSource::open_path(p, headerless),
+            Input::Stdin => RecordSource::from_reader(io::stdin(), headerless),
         }
     }
 }
@@ -196,10 +205,10 @@ fn plan_targets(
     let mut seen = std::collections::HashMap::new();
     for input in inputs {
         let name = output_name(input, format);
-        if let Some(previous) = seen.insert(name.clone(), input.display()) {
+        if let Some(previous) = seen.insert(name.clone(), input.name()) {
             return Err(ConvertError::Usage(format!(
                 "inputs {previous} and {} would both be written to {}",
-                input.display(),
+                input.name(),
                 out.join(&name).display()
             )));
         }
@@ -218,15 +227,21 @@ pub fn output_name(input: &Input, format: OutputFormat) -> String {
             .unwrap_or_else(|| "output".into()),
         Input::Stdin => "stdin".to_owned(),
     };
-    let stem = [".log.gz", ".log.parquet", ".parquet", ".gz", ".log", ".txt"]
-        .iter()
-        .find_map(|ext| name.strip_suffix(ext))
-        .unwrap_or(&name);
+    let stem = flow_log_stem(&name);
     let ext = match format {
         OutputFormat::Text => ".log.gz",
         OutputFormat::Parquet => ".log.parquet",
     };
     format!("{stem}{ext}")
+}
+
+/// Returns a file name without its flow log extension (`.log.gz`, `.log.parquet`,
+/// `.parquet`, `.gz`, `.log`, `.txt`).
+pub fn flow_log_stem(name: &str) -> &str {
+    [".log.gz", ".log.parquet", ".parquet", ".gz", ".log", ".txt"]
+        .iter()
+        .find_map(|ext| name.strip_suffix(ext))
+        .unwrap_or(name)
 }
 
 /// Converts every input; see the module docs for the all-or-nothing rule.
@@ -314,7 +329,7 @@ fn convert_one(
     settings: &ConvertSettings,
     report: &mut ConvertReport,
 ) -> Result<(NamedTempFile, u64), ConvertError> {
-    let input_name = input.display();
+    let input_name = input.name();
     let dest_name = dest.display().to_string();
     let input_err = |source| ConvertError::Input {
         input: input_name.clone(),
@@ -329,11 +344,7 @@ fn convert_one(
         source,
     };
 
-    let source = match input {
-        Input::Path(p) => RecordSource::open_path(p, None),
-        Input::Stdin => RecordSource::from_reader(io::stdin(), None),
-    }
-    .map_err(input_err)?;
+    let source = input.open(None).map_err(input_err)?;
     let format = settings
         .log_format
         .clone()

@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flowlog_formats::LogFormat;
-use flowlog_formats::input::{InputError, RecordSource};
+use flowlog_formats::input::InputError;
 use flowlog_formats::key::parse_key;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
+use crate::convert::{Input, flow_log_stem};
 use crate::pipeline::batch::{ImportMark, WalBatch};
 use crate::pipeline::{Pipeline, PipelineError};
 
@@ -27,33 +28,6 @@ pub const IMPORT_BATCH_RECORDS: usize = 16_384;
 
 /// How many malformed lines are logged one by one (the rest are counted).
 const LOGGED_BAD_LINES: u64 = 20;
-
-/// One input of an import.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImportInput {
-    /// A file.
-    Path(std::path::PathBuf),
-    /// Standard input (not resumable: its content cannot be identified again).
-    Stdin,
-}
-
-impl ImportInput {
-    /// Parses a command-line argument (`-` is stdin).
-    pub fn from_arg(arg: &str) -> Self {
-        if arg == "-" {
-            ImportInput::Stdin
-        } else {
-            ImportInput::Path(arg.into())
-        }
-    }
-
-    fn name(&self) -> String {
-        match self {
-            ImportInput::Path(p) => p.display().to_string(),
-            ImportInput::Stdin => "<stdin>".into(),
-        }
-    }
-}
 
 /// What an import did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -130,7 +104,7 @@ pub fn input_id(path: &Path) -> std::io::Result<String> {
 pub fn import(
     pipeline: &Pipeline,
     settings: &Settings,
-    inputs: &[ImportInput],
+    inputs: &[Input],
     headerless: Option<&LogFormat>,
     stop: &AtomicBool,
 ) -> Result<ImportSummary, ImportError> {
@@ -144,14 +118,14 @@ pub fn import(
         }
         let name = input.name();
         let (id, size) = match input {
-            ImportInput::Path(p) => {
+            Input::Path(p) => {
                 let id = input_id(p).map_err(|source| ImportError::Identify {
                     input: name.clone(),
                     source,
                 })?;
                 (id, std::fs::metadata(p).map_or(0, |m| m.len()))
             }
-            ImportInput::Stdin => (format!("stdin-{}", started.elapsed().as_nanos()), 0),
+            Input::Stdin => (format!("stdin-{}", started.elapsed().as_nanos()), 0),
         };
         let done_before = pipeline.import_progress(&id).cloned();
         if done_before.as_ref().is_some_and(|m| m.done) {
@@ -163,14 +137,12 @@ pub fn import(
         if resume_at > 0 {
             tracing::info!(input = %name, records = resume_at, "resuming an interrupted import");
         }
-        let source = match input {
-            ImportInput::Path(p) => RecordSource::open_path(p, headerless.cloned()),
-            ImportInput::Stdin => RecordSource::from_reader(std::io::stdin(), headerless.cloned()),
-        }
-        .map_err(|source| ImportError::Input {
-            input: name.clone(),
-            source,
-        })?;
+        let source = input
+            .open(headerless.cloned())
+            .map_err(|source| ImportError::Input {
+                input: name.clone(),
+                source,
+            })?;
         let fallback = || {
             (
                 settings.flow_log.account_id.clone(),
@@ -178,8 +150,8 @@ pub fn import(
             )
         };
         let (account_id, region) = match input {
-            ImportInput::Path(p) => identity_from_name(p).unwrap_or_else(fallback),
-            ImportInput::Stdin => fallback(),
+            Input::Path(p) => identity_from_name(p).unwrap_or_else(fallback),
+            Input::Stdin => fallback(),
         };
         let unit = source.unit();
         let new_batch = |consumed: u64, done: bool| WalBatch {
@@ -269,10 +241,7 @@ pub fn import(
 /// unpacked or renamed to `.log`, `.txt` or `.gz`.
 fn identity_from_name(path: &Path) -> Option<(String, String)> {
     let name = path.file_name()?.to_string_lossy();
-    let stem = [".log.gz", ".log.parquet", ".log", ".gz", ".txt", ".parquet"]
-        .iter()
-        .find_map(|ext| name.strip_suffix(ext))
-        .unwrap_or(&name);
+    let stem = flow_log_stem(&name);
     parse_key(&format!("{stem}.log.gz"))
         .ok()
         .map(|k| (k.account_id, k.region))

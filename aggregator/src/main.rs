@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use flowlog_aggregator::config::{self, Settings, SinkSettings};
 use flowlog_aggregator::convert::{self, ConvertSettings, Input, OutputFormat};
-use flowlog_aggregator::import::{self, ImportInput};
+use flowlog_aggregator::import;
 use flowlog_aggregator::pipeline::Pipeline;
 use flowlog_aggregator::sink::ObjectSink;
 use flowlog_aggregator::sink::local::LocalDirSink;
@@ -243,7 +243,7 @@ fn import_main(
         runtime.handle().clone(),
         cancel.clone(),
     )?;
-    let inputs: Vec<ImportInput> = inputs.iter().map(|a| ImportInput::from_arg(a)).collect();
+    let inputs: Vec<Input> = inputs.iter().map(|a| Input::from_arg(a)).collect();
     let summary = import::import(&pipeline, settings, &inputs, headerless, &stop)?;
     pipeline.seal_all()?;
     let wait = if summary.interrupted || stop.load(Ordering::Relaxed) {
