@@ -280,8 +280,9 @@ struct RawService {
     log_level: Option<String>,
 }
 
-/// Sections and their keys; anything else is refused.
-const SECTIONS: &[(&str, &[&str])] = &[
+/// Sections and their keys; anything else is refused. Programs that embed these sections
+/// in a config of their own (the agent's standalone mode) use it to split their file.
+pub const SECTIONS: &[(&str, &[&str])] = &[
     ("flow_log", &["id", "account_id", "region"]),
     (
         "output",
@@ -415,9 +416,15 @@ pub fn parse(text: &str, path: &str) -> Result<Settings, ConfigError> {
             message: e.to_string().trim().to_owned(),
         }])
     })?;
+    parse_table(&table).map_err(fail)
+}
+
+/// Validates an already parsed config table (the sections of [`SECTIONS`]); returns every
+/// problem found otherwise.
+pub fn parse_table(table: &toml::Table) -> Result<Settings, Vec<Problem>> {
     let mut p = Problems::default();
 
-    for (name, value) in &table {
+    for (name, value) in table {
         match SECTIONS.iter().find(|(s, _)| s == name) {
             None => p.add(
                 name.as_str(),
@@ -475,7 +482,7 @@ pub fn parse(text: &str, path: &str) -> Result<Settings, ConfigError> {
             state,
             service,
         }),
-        _ => Err(fail(p.0)),
+        _ => Err(p.0),
     }
 }
 

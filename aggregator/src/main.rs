@@ -7,13 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use flowlog_aggregator::config::{self, Settings, SinkSettings};
+use flowlog_aggregator::config::{self, Settings};
 use flowlog_aggregator::convert::{self, ConvertSettings, Input, OutputFormat};
 use flowlog_aggregator::import;
 use flowlog_aggregator::pipeline::Pipeline;
-use flowlog_aggregator::sink::ObjectSink;
-use flowlog_aggregator::sink::local::LocalDirSink;
-use flowlog_aggregator::sink::s3::S3Sink;
 use flowlog_aggregator::telemetry::{self, Metrics};
 use flowlog_formats::LogFormat;
 use flowlog_formats::parquet::ParquetOptions;
@@ -154,18 +151,6 @@ fn load_config(path: &std::path::Path) -> Result<Settings, ExitCode> {
     })
 }
 
-/// Builds the configured sink and runs its startup check.
-async fn connect_sink(settings: &Settings) -> anyhow::Result<Arc<dyn ObjectSink>> {
-    let sink: Arc<dyn ObjectSink> = match &settings.sink {
-        SinkSettings::Local { path, .. } => Arc::new(LocalDirSink::new(path)?),
-        SinkSettings::S3 { settings, .. } => Arc::new(S3Sink::connect((**settings).clone()).await?),
-    };
-    sink.check()
-        .await
-        .with_context(|| format!("startup check of {} failed", sink.describe()))?;
-    Ok(sink)
-}
-
 fn run_import(args: ImportArgs) -> ExitCode {
     let settings = match load_config(&args.config) {
         Ok(s) => s,
@@ -215,7 +200,7 @@ fn import_main(
     let cancel = CancellationToken::new();
     let metrics = Metrics::new();
     let health = telemetry::Health::default();
-    let sink = runtime.block_on(connect_sink(settings))?;
+    let sink = runtime.block_on(flowlog_aggregator::sink::connect(settings))?;
     if let Some(address) = &settings.service.metrics_address {
         let listener = runtime.block_on(telemetry::bind_http(address))?;
         runtime.spawn(telemetry::serve_http(

@@ -251,7 +251,14 @@ where
 impl Metrics {
     /// Creates and registers all metrics.
     pub fn new() -> Arc<Metrics> {
+        Metrics::new_with(|_| {})
+    }
+
+    /// Creates and registers all metrics, plus those `extra` registers in the same
+    /// registry (the agent's own, in standalone mode), so one endpoint serves them all.
+    pub fn new_with(extra: impl FnOnce(&mut Registry)) -> Arc<Metrics> {
         let mut registry = Registry::default();
+        extra(&mut registry);
 
         // prometheus-client appends `_total` to counter names.
         let records_in: Counter = registered(

@@ -27,6 +27,47 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 
+/// A sink that could not be built or failed its startup check.
+#[derive(Debug, thiserror::Error)]
+#[error("startup check of {sink} failed")]
+pub struct ConnectError {
+    /// The sink (`s3://bucket`, `file:///path`, or the configured path).
+    pub sink: String,
+    /// Why.
+    #[source]
+    pub source: SinkError,
+}
+
+/// Builds the sink of `settings` and runs its startup check (for S3: writes and deletes a
+/// probe object), so that a wrong bucket, region or permission fails at startup.
+pub async fn connect(
+    settings: &crate::config::Settings,
+) -> Result<std::sync::Arc<dyn ObjectSink>, ConnectError> {
+    use crate::config::SinkSettings;
+    let (configured, built) = match &settings.sink {
+        SinkSettings::Local { path, .. } => (
+            path.display().to_string(),
+            local::LocalDirSink::new(path)
+                .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn ObjectSink>),
+        ),
+        SinkSettings::S3 { settings, .. } => (
+            format!("s3://{}", settings.bucket),
+            s3::S3Sink::connect((**settings).clone())
+                .await
+                .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn ObjectSink>),
+        ),
+    };
+    let sink = built.map_err(|source| ConnectError {
+        sink: configured,
+        source,
+    })?;
+    sink.check().await.map_err(|source| ConnectError {
+        sink: sink.describe(),
+        source,
+    })?;
+    Ok(sink)
+}
+
 /// A boxed error, the `source` of a [`SinkError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
