@@ -1,10 +1,11 @@
 //! [`LocalDirSink`]: objects as files under a root directory, keys as relative paths.
 //!
-//! A put copies the staged file into a temporary file in the destination directory,
-//! fsyncs it, renames it over the final name and fsyncs the directory: a reader sees
-//! nothing or the whole file, and after a crash the file is either complete or absent
-//! (leftover `.*.tmp` files are ignorable). The staged file is copied, not moved: it
-//! stays until the caller deletes it.
+//! A put copies the staged file into a temporary file in [`TMP_DIR`] under the root (same
+//! file system, outside `AWSLogs/`), fsyncs it, renames it over the final name and fsyncs
+//! both directories: a reader of the key tree sees nothing or the whole file, never a
+//! temporary one, and after a crash the file is either complete or absent. Temporary files
+//! a killed process left behind are removed by the next startup check. The staged file is
+//! copied, not moved: it stays until the caller deletes it.
 
 use std::fs::{self, File};
 use std::io;
@@ -15,6 +16,14 @@ use super::{ObjectSink, PutOutcome, SinkError, SinkErrorKind, unique_suffix};
 /// The directory the startup check writes its probe file into (under the root, outside
 /// `AWSLogs/`).
 pub const PROBE_DIR: &str = ".flowlog-probe";
+
+/// The directory temporary copies are written into before their rename into the key tree
+/// (under the root, outside `AWSLogs/`).
+pub const TMP_DIR: &str = ".flowlog-tmp";
+
+/// Temporary files older than this are leftovers of a killed writer (a copy takes seconds),
+/// removed by the startup check.
+const STALE_TMP_SECS: u64 = 600;
 
 /// Writes objects as files under `root` (`root/{key}`).
 #[derive(Debug, Clone)]
@@ -156,8 +165,11 @@ fn copy_atomically(root: &Path, source: &Path, dest: &Path, target: &str) -> Res
     create_dirs_durably(root, dir)
         .map_err(|e| io_error("put", target, "cannot create the directory", e))?;
 
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+    let tmp_dir = root.join(TMP_DIR);
+    fs::create_dir_all(&tmp_dir)
+        .map_err(|e| io_error("put", target, "cannot create the temporary directory", e))?;
+    let tmp = tmp_dir.join(format!(
+        "{}.{}.tmp",
         name.to_string_lossy(),
         unique_suffix()
     ));
@@ -167,7 +179,8 @@ fn copy_atomically(root: &Path, source: &Path, dest: &Path, target: &str) -> Res
         output.sync_all()?;
         drop(output);
         fs::rename(&tmp, dest)?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        sync_dir(&tmp_dir)
     })();
     if let Err(e) = written {
         // Best effort: the temporary file is garbage either way.
@@ -206,7 +219,37 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Removes temporary copies older than [`STALE_TMP_SECS`] (left by a writer killed between
+/// its copy and its rename); returns how many were removed.
+fn remove_stale_tmp_files(root: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(root.join(TMP_DIR)) else {
+        return 0;
+    };
+    let stale = std::time::Duration::from_secs(STALE_TMP_SECS);
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= stale);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(
+            removed,
+            dir = %root.join(TMP_DIR).display(),
+            "removed temporary files left by an interrupted writer"
+        );
+    }
+    removed
+}
+
 fn write_and_remove_probe(root: &Path, target: &str) -> Result<(), SinkError> {
+    remove_stale_tmp_files(root);
     use std::io::Write as _;
     let dir = root.join(PROBE_DIR);
     let file = dir.join(unique_suffix());
@@ -240,6 +283,54 @@ fn io_error(op: &'static str, target: &str, what: &str, e: io::Error) -> SinkErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn temporary_copies_never_appear_in_the_key_tree_and_stale_ones_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("out");
+        let staged = dir.path().join("staged");
+        fs::write(&staged, b"data").unwrap();
+        let key = "AWSLogs/123456789012/vpcflowlogs/eu-west-3/2024/01/01/x.log.gz";
+        fs::create_dir_all(&root).unwrap();
+        copy_atomically(&root, &staged, &root.join(key), "t").unwrap();
+        assert_eq!(files(&root), vec![key.to_owned()]);
+        assert_eq!(fs::read(root.join(key)).unwrap(), b"data");
+
+        // A writer killed between copy and rename leaves its copy in the temporary
+        // directory only; the startup check removes it once it is old.
+        let leftover = root.join(TMP_DIR).join("x.log.gz.1.tmp");
+        fs::write(&leftover, b"partial").unwrap();
+        assert_eq!(
+            remove_stale_tmp_files(&root),
+            0,
+            "a fresh copy may be in use"
+        );
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(STALE_TMP_SECS + 1);
+        File::options()
+            .write(true)
+            .open(&leftover)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(remove_stale_tmp_files(&root), 1);
+        assert_eq!(files(&root), vec![key.to_owned()]);
+    }
 
     #[test]
     fn keys_are_validated() {

@@ -120,6 +120,11 @@ pub fn files_below(root: &Path) -> Vec<String> {
         };
         for e in entries.flatten() {
             let p = e.path();
+            // Hidden entries (`.flowlog-tmp`, `.flowlog-probe`) are the sink's scratch
+            // space, not published objects.
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
             if p.is_dir() {
                 walk(&p, root, out);
             } else {
