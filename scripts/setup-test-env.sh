@@ -29,16 +29,30 @@ if [[ ! -x "$venv/bin/python" ]]; then
     fi
 fi
 
-# The agent's live-capture test builds a veth pair in a network namespace (iproute2) and
-# sends pings through it (iputils-ping); install them from Debian when missing.
+# Debian packages the agent's tests run, installed when missing (one apt transaction):
+# - iproute2, iputils-ping: live-capture tests build veth pairs in network namespaces and
+#   ping through them;
+# - tshark: the ground-truth test cross-checks our records with Wireshark's dissectors;
+# - nftables: the firewall test drops traffic with rules that log to an NFLOG group;
+# - procps (sysctl, kill), util-linux (taskset): capture tests set sysctls and stop/continue
+#   the agent; benches/live_capture.sh pins processes to CPUs.
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
+command -v tshark >/dev/null 2>&1 || missing+=(tshark)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v sysctl >/dev/null 2>&1 || missing+=(procps)
+type -P kill >/dev/null 2>&1 || missing+=(procps)  # the program, not the builtin
+command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
 if [[ ${#missing[@]} -gt 0 ]]; then
     sudo=()
     [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    # wireshark-common (a tshark dependency) asks whether non-root users may capture.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" \
+        | "${sudo[@]}" debconf-set-selections
     "${sudo[@]}" apt-get update -q
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends \
+        $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
 
 hash="$(sha256sum "$requirements" | cut -d' ' -f1)"

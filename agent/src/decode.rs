@@ -19,6 +19,12 @@
 //! total length; IPv6 40 + payload length), not the captured length, so a capture with a
 //! small snap length still counts whole packets. When the IP header is complete but the
 //! transport header was cut off by the capture, the packet is still returned, with ports 0.
+//!
+//! Super-packets longer than 16 bits can say are accepted: an IPv4 total length of 0 (a
+//! TSO/GSO packet captured on the sending host before segmentation, e.g. Linux BIG TCP)
+//! counts the bytes captured from the IP header on; an IPv6 payload length of 0 counts the
+//! Hop-by-Hop Jumbo Payload option's length (RFC 2675) when there is one, else, as for
+//! IPv6 BIG TCP, the bytes captured.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -42,9 +48,14 @@ const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
+const IPPROTO_NONE: u8 = 59;
 const IPPROTO_DSTOPTS: u8 = 60;
 const IPPROTO_SCTP: u8 = 132;
 const IPPROTO_UDPLITE: u8 = 136;
+
+/// IPv6 option types: Pad1 (a single byte, no length) and Jumbo Payload.
+const IPV6_OPT_PAD1: u8 = 0;
+const IPV6_OPT_JUMBO: u8 = 0xc2;
 
 /// Link-layer framing of captured frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,8 +133,9 @@ pub struct PacketMeta {
     pub src_port: u16,
     /// Destination port; 0 in the same cases as `src_port`.
     pub dst_port: u16,
-    /// Bytes as AWS counts them: IPv4 total length, or 40 + IPv6 payload length.
-    /// At least 20 for IPv4 and 40 for IPv6.
+    /// Bytes as AWS counts them: IPv4 total length, or 40 + IPv6 payload length (for
+    /// super-packets, see the [module documentation](self)). At least 20 for IPv4 and 40
+    /// for IPv6.
     pub ip_len: u32,
     /// The TCP flag byte (FIN 0x01 … CWR 0x80); 0 when not TCP or not captured.
     pub tcp_flags: u8,
@@ -139,8 +151,9 @@ pub enum SkipReason {
     Truncated,
     /// Not an IPv4 / IPv6 frame (ARP, LLDP, …), or more VLAN tags than [`MAX_VLAN_TAGS`].
     NotIp,
-    /// Malformed IP header: wrong version, IHL < 5, total length shorter than the header,
-    /// or an IPv6 extension header running past the packet's declared end.
+    /// Malformed IP header: wrong version, IHL < 5, an IPv4 total length shorter than the
+    /// header (0 excepted: a TSO/GSO super-packet), or an IPv6 extension header running past
+    /// the packet's declared end.
     BadIpHeader,
     /// The capture's link type is not supported.
     ///
@@ -308,7 +321,11 @@ fn decode_ipv4(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
     }
     let h = packet.first_chunk::<20>().ok_or(SkipReason::Truncated)?;
     let total_len = be16([h[2], h[3]]);
-    if usize::from(total_len) < header_len {
+    // Total length 0 is what the kernel writes in a TSO/GSO super-packet handed to a packet
+    // socket before segmentation (Linux BIG TCP: over 64 KiB, which 16 bits cannot say):
+    // the packet is everything captured from its first byte, as tcpdump and Wireshark take it.
+    let gso_super_packet = total_len == 0;
+    if !gso_super_packet && usize::from(total_len) < header_len {
         return Err(SkipReason::BadIpHeader);
     }
     let id = u32::from(be16([h[4], h[5]]));
@@ -318,9 +335,19 @@ fn decode_ipv4(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
     let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
 
     // Bytes past the total length are link-layer padding, not transport header.
-    let declared = packet.get(..usize::from(total_len)).unwrap_or(packet);
+    let declared = if gso_super_packet {
+        packet
+    } else {
+        packet.get(..usize::from(total_len)).unwrap_or(packet)
+    };
     // `declared` is shorter than the header only when the capture is (total_len >= header_len).
     let l4 = declared.get(header_len..).ok_or(SkipReason::Truncated)?;
+    let ip_len = if gso_super_packet {
+        // At least `header_len` >= 20: `l4` exists.
+        u32::try_from(packet.len()).unwrap_or(u32::MAX)
+    } else {
+        u32::from(total_len)
+    };
 
     let more_fragments = flags_offset & 0x2000 != 0;
     let fragment = if flags_offset & 0x1fff != 0 {
@@ -335,7 +362,7 @@ fn decode_ipv4(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
         IpAddr::V4(src),
         IpAddr::V4(dst),
         protocol,
-        u32::from(total_len),
+        ip_len,
         fragment,
         l4,
     ))
@@ -358,8 +385,16 @@ fn decode_ipv6(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
     let payload_len = be16([h[4], h[5]]);
     let mut next = h[6];
 
-    // Payload length 0 means a jumbogram (or a Linux BIG TCP / GSO packet): the real end is
-    // unknown, so the captured bytes are used for header walking.
+    // Payload length 0 with a payload to come (anything but "no next header") is a jumbogram
+    // (RFC 2675: the real length is in a Hop-by-Hop Jumbo Payload option) or a Linux BIG TCP /
+    // GSO super-packet captured before segmentation (no option: the packet is everything
+    // captured). Either way the captured bytes are used for header walking.
+    let jumbo = payload_len == 0 && next != IPPROTO_NONE;
+    let mut ip_len = if jumbo {
+        40u32.saturating_add(u32::try_from(rest.len()).unwrap_or(u32::MAX))
+    } else {
+        40 + u32::from(payload_len)
+    };
     let (mut data, whole_packet_captured) = if payload_len == 0 {
         (rest, false)
     } else {
@@ -377,7 +412,7 @@ fn decode_ipv6(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
     };
 
     let mut fragment = Fragment::None;
-    for _ in 0..MAX_IPV6_EXT_HEADERS {
+    for index in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH => {
                 let &[next_header, len] = data.first_chunk::<2>().ok_or(short)?;
@@ -387,6 +422,16 @@ fn decode_ipv6(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
                     .checked_add(extra)
                     .and_then(|units| units.checked_mul(unit))
                     .ok_or(SkipReason::BadIpHeader)?;
+                let header = data.get(..ext_len).ok_or(short)?;
+                // Hop-by-Hop comes first when present; only there can a Jumbo Payload
+                // option be.
+                if jumbo
+                    && index == 0
+                    && next == IPPROTO_HOPOPTS
+                    && let Some(len) = jumbo_payload_length(header)
+                {
+                    ip_len = 40u32.saturating_add(len);
+                }
                 data = data.get(ext_len..).ok_or(short)?;
                 next = next_header;
             }
@@ -413,10 +458,32 @@ fn decode_ipv6(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
         IpAddr::V6(Ipv6Addr::from(*src)),
         IpAddr::V6(Ipv6Addr::from(*dst)),
         next,
-        40 + u32::from(payload_len),
+        ip_len,
         fragment,
         data,
     ))
+}
+
+/// The Jumbo Payload length (RFC 2675) in a Hop-by-Hop Options `header` (next header and
+/// length bytes included), if it carries a valid one (over 65535).
+fn jumbo_payload_length(header: &[u8]) -> Option<u32> {
+    let mut options = header.get(2..)?;
+    while let Some((&kind, rest)) = options.split_first() {
+        if kind == IPV6_OPT_PAD1 {
+            options = rest;
+            continue;
+        }
+        let (&len, rest) = rest.split_first()?;
+        let (value, rest) = rest.split_at_checked(usize::from(len))?;
+        if kind == IPV6_OPT_JUMBO
+            && let Some(&jumbo) = value.first_chunk::<4>()
+        {
+            let jumbo = u32::from_be_bytes(jumbo);
+            return (jumbo > u32::from(u16::MAX)).then_some(jumbo);
+        }
+        options = rest;
+    }
+    None
 }
 
 fn packet_meta(
@@ -893,14 +960,105 @@ mod tests {
             let m = decode_frame(LinkType::RawIp, &packet[..40]).unwrap();
             assert_eq!((m.ip_len, m.src_port), (40 + 8 + len as u32, 0));
         }
-        // Payload length 0 (jumbogram / BIG TCP): 40, transport still read from the capture.
-        let mut packet = ipv6(6, &tcp(1, 2, ACK, b""));
+        // Payload length 0 and no next header: just the fixed header, Ethernet padding is
+        // not counted.
+        let mut frame = eth(ETHERTYPE_IPV6, &ipv6(59, &[]));
+        frame.resize(60, 0);
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!((m.ip_len, m.protocol), (40, 59));
+    }
+
+    #[test]
+    fn ipv4_total_length_zero_is_a_gso_super_packet() {
+        // Linux BIG TCP: an 80,000-byte TCP segment captured before segmentation.
+        let payload = vec![0x5a; 80_000 - 20 - 20];
+        let mut packet = ipv4(6, 1, 0x4000, &[], &tcp(40000, 443, ACK | 0x08, &payload));
+        packet[2..4].copy_from_slice(&[0, 0]);
+        let m = decode_frame(LinkType::Ethernet, &eth(ETHERTYPE_IPV4, &packet)).unwrap();
+        assert_eq!(
+            (m.ip_len, m.protocol, m.src_port, m.dst_port, m.tcp_flags),
+            (80_000, 6, 40000, 443, ACK | 0x08)
+        );
+        assert_eq!(m.fragment, Fragment::None);
+        // With options, and through a cooked capture.
+        let mut packet = ipv4(17, 1, 0, &IPV4_OPTIONS, &udp(1, 2, &[0; 70_000]));
+        packet[2..4].copy_from_slice(&[0, 0]);
+        let frame = sll2(4, &MAC_A, ETHERTYPE_IPV4, &packet);
+        let m = decode_frame(LinkType::LinuxSll2, &frame).unwrap();
+        assert_eq!((m.ip_len, m.src_port), (32 + 8 + 70_000, 1));
+        // Only the header captured: the header's bytes, no ports.
+        let m = decode_frame(LinkType::RawIp, &packet[..32]).unwrap();
+        assert_eq!((m.ip_len, m.src_port), (32, 0));
+        // The header itself cut off: truncated, as with any other length.
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &packet[..30]),
+            Err(SkipReason::Truncated)
+        );
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &packet[..19]),
+            Err(SkipReason::Truncated)
+        );
+    }
+
+    /// A Hop-by-Hop header carrying a Jumbo Payload option of `len` (8 bytes, RFC 2675).
+    fn jumbo_hop_by_hop(next_header: u8, len: u32) -> Vec<u8> {
+        let mut h = vec![next_header, 0, IPV6_OPT_JUMBO, 4];
+        h.extend_from_slice(&len.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn ipv6_payload_length_zero_is_a_jumbogram_or_big_tcp() {
+        // BIG TCP: no Hop-by-Hop header, the capture has the whole packet.
+        let mut packet = ipv6(6, &tcp(1, 2, ACK, &[0; 100_000]));
         packet[4..6].copy_from_slice(&[0, 0]);
         let m = decode_frame(LinkType::RawIp, &packet).unwrap();
         assert_eq!(
             (m.ip_len, m.src_port, m.dst_port, m.tcp_flags),
-            (40, 1, 2, ACK)
+            (40 + 20 + 100_000, 1, 2, ACK)
         );
+        // RFC 2675 jumbogram: the option's length counts, even when the capture is cut.
+        let mut payload = jumbo_hop_by_hop(6, 8 + 20 + 70_000);
+        payload.extend(tcp(5, 6, SYN, &[0; 70_000]));
+        let mut packet = ipv6(0, &payload);
+        packet[4..6].copy_from_slice(&[0, 0]);
+        let frame = eth(ETHERTYPE_IPV6, &packet);
+        for cut in [frame.len(), 14 + 40 + 8 + 20, 1514] {
+            let m = decode_frame(LinkType::Ethernet, &frame[..cut]).unwrap();
+            assert_eq!(
+                (m.ip_len, m.protocol, m.src_port, m.tcp_flags),
+                (40 + 8 + 20 + 70_000, 6, 5, SYN),
+                "cut at {cut}"
+            );
+        }
+        // Pad1 and PadN before the option are skipped.
+        let mut hbh = vec![17, 1, 0, 1, 2, 0, 0, IPV6_OPT_JUMBO, 4];
+        hbh.extend_from_slice(&200_000u32.to_be_bytes());
+        hbh.resize(16, 0);
+        hbh.extend(udp(7, 8, b""));
+        let mut packet = ipv6(0, &hbh);
+        packet[4..6].copy_from_slice(&[0, 0]);
+        let m = decode_frame(LinkType::RawIp, &packet).unwrap();
+        assert_eq!((m.ip_len, m.src_port), (40 + 200_000, 7));
+        // An invalid jumbo length (< 65536) or a payload length that is not 0: the option
+        // is ignored.
+        let mut payload = jumbo_hop_by_hop(17, 1000);
+        payload.extend(udp(7, 8, b""));
+        let mut packet = ipv6(0, &payload);
+        packet[4..6].copy_from_slice(&[0, 0]);
+        let m = decode_frame(LinkType::RawIp, &packet).unwrap();
+        assert_eq!(m.ip_len, 40 + 8 + 8);
+        let mut payload = jumbo_hop_by_hop(17, 200_000);
+        payload.extend(udp(7, 8, b""));
+        let m = decode_frame(LinkType::RawIp, &ipv6(0, &payload)).unwrap();
+        assert_eq!(m.ip_len, 40 + 8 + 8);
+        // Options running past their header end the search.
+        assert_eq!(
+            jumbo_payload_length(&[6, 0, IPV6_OPT_JUMBO, 9, 0, 1, 0, 0]),
+            None
+        );
+        assert_eq!(jumbo_payload_length(&[6, 0, 1]), None);
+        assert_eq!(jumbo_payload_length(&[6]), None);
     }
 
     #[test]

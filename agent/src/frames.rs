@@ -52,6 +52,14 @@ pub const ETHERTYPE_VLAN: u16 = 0x8100;
 /// EtherType (TPID) of an IEEE 802.1ad service VLAN tag (QinQ outer tag).
 pub const ETHERTYPE_QINQ: u16 = 0x88a8;
 
+/// IPv6 next-header value of the Hop-by-Hop Options extension header.
+pub const PROTO_IPV6_HOPOPTS: u8 = 0;
+/// IPv6 next-header value of the Destination Options extension header.
+pub const PROTO_IPV6_DSTOPTS: u8 = 60;
+/// IP protocol number of GRE.
+pub const PROTO_GRE: u8 = 47;
+/// IP protocol number of ESP (IPsec).
+pub const PROTO_ESP: u8 = 50;
 /// IP protocol number of ICMP.
 pub const PROTO_ICMP: u8 = 1;
 /// IP protocol number of TCP.
@@ -103,6 +111,28 @@ pub fn vlan(
     inner.extend_from_slice(&ethertype.to_be_bytes());
     inner.extend_from_slice(payload);
     ethernet(src_mac, dst_mac, ETHERTYPE_VLAN, &inner)
+}
+
+/// Ethernet frame with a stack of VLAN tags in front of `ethertype`, outermost first: each
+/// `(tpid, vlan_id)` is a tag with that TPID ([`ETHERTYPE_QINQ`] for an 802.1ad service tag,
+/// [`ETHERTYPE_VLAN`] for 802.1Q), priority 0 and the 12-bit `vlan_id`.
+pub fn ethernet_tagged(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    tags: &[(u16, u16)],
+    ethertype: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + 4 * tags.len() + payload.len());
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    for &(tpid, vlan_id) in tags {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&(vlan_id & 0x0fff).to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
 }
 
 /// Linux cooked capture (DLT 113, `SLL`) header: packet type ([`SLL_HOST`],
@@ -225,13 +255,42 @@ pub fn ipv4(
     more_fragments: bool,
     payload: &[u8],
 ) -> Vec<u8> {
-    let total = u16::try_from(20 + payload.len()).unwrap_or(u16::MAX);
+    ipv4_with_options(
+        src,
+        dst,
+        protocol,
+        id,
+        frag_offset_bytes,
+        more_fragments,
+        &[],
+        payload,
+    )
+}
+
+/// IPv4 packet whose header carries `options` (e.g. [`IPV4_OPTION_ROUTER_ALERT`]), padded
+/// with end-of-options bytes to a multiple of 4 and cut at 40 bytes (the most IHL can say);
+/// otherwise as [`ipv4`].
+#[allow(clippy::too_many_arguments)]
+pub fn ipv4_with_options(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    id: u16,
+    frag_offset_bytes: u16,
+    more_fragments: bool,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let options = options.get(..40).unwrap_or(options);
+    let header_len = 20 + options.len().div_ceil(4) * 4;
+    let total = u16::try_from(header_len + payload.len()).unwrap_or(u16::MAX);
     let mut flags_frag = (frag_offset_bytes / 8) & 0x1fff;
     if more_fragments {
         flags_frag |= 0x2000;
     }
-    let mut p = Vec::with_capacity(20 + payload.len());
-    p.push(0x45); // version 4, IHL 5
+    let mut p = Vec::with_capacity(header_len + payload.len());
+    // Version 4 and the header length in 32-bit words (at most 15).
+    p.push(0x40 | u8::try_from(header_len / 4).unwrap_or(15));
     p.push(0); // DSCP/ECN
     p.extend_from_slice(&total.to_be_bytes());
     p.extend_from_slice(&id.to_be_bytes());
@@ -241,11 +300,16 @@ pub fn ipv4(
     p.extend_from_slice(&[0, 0]); // checksum, below
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());
-    let sum = internet_checksum(&p[..20]);
+    p.extend_from_slice(options);
+    p.resize(header_len, 0); // end-of-options padding
+    let sum = internet_checksum(&p[..header_len]);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p.extend_from_slice(payload);
     p
 }
+
+/// IPv4 Router Alert option (RFC 2113, 4 bytes), for [`ipv4_with_options`].
+pub const IPV4_OPTION_ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0, 0];
 
 /// IPv6 packet: 40-byte header (hop limit 64, no flow label) and `payload`, whose first
 /// header is `next_header`. The payload length field saturates at 65535.
@@ -281,6 +345,16 @@ pub fn ipv6_fragment(
     p.push(0);
     p.extend_from_slice(&off.to_be_bytes());
     p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+/// IPv6 Hop-by-Hop or Destination Options extension header (8 bytes: `next_header`, length
+/// 0 and a 4-byte PadN option) followed by `payload`; pass the result to [`ipv6`] with next
+/// header [`PROTO_IPV6_HOPOPTS`] or [`PROTO_IPV6_DSTOPTS`].
+pub fn ipv6_options(next_header: u8, payload: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + payload.len());
+    p.extend_from_slice(&[next_header, 0, 1, 4, 0, 0, 0, 0]);
     p.extend_from_slice(payload);
     p
 }
@@ -674,6 +748,67 @@ mod tests {
         let m = decode(LinkType::RawIp, &ip);
         assert_eq!(m.src_mac, None);
         check(&m, V4A.into(), V4B.into(), PROTO_TCP, 1, 2, 40, TCP_RST);
+    }
+
+    #[test]
+    fn qinq_options_and_extension_headers_decode() {
+        let ip = ipv4_with_options(
+            V4A,
+            V4B,
+            PROTO_UDP,
+            5,
+            0,
+            false,
+            &IPV4_OPTION_ROUTER_ALERT,
+            &udp(7, 9, 10),
+        );
+        assert_eq!(ip[0], 0x46);
+        assert_eq!(internet_checksum(&ip[..24]), 0);
+        let f = ethernet_tagged(
+            A,
+            B,
+            &[(ETHERTYPE_QINQ, 300), (ETHERTYPE_VLAN, 42)],
+            ETHERTYPE_IPV4,
+            &ip,
+        );
+        assert_eq!(
+            &f[12..22],
+            &[0x88, 0xa8, 0x01, 0x2c, 0x81, 0x00, 0, 42, 0x08, 0x00]
+        );
+        let m = decode(LinkType::Ethernet, &f);
+        assert_eq!(m.vlan, Some(300));
+        check(&m, V4A.into(), V4B.into(), PROTO_UDP, 7, 9, 24 + 18, 0);
+        // Odd option lengths are padded; IHL never exceeds 15.
+        assert_eq!(
+            ipv4_with_options(V4A, V4B, 1, 0, 0, false, &[1], &[]).len(),
+            24
+        );
+        assert_eq!(
+            ipv4_with_options(V4A, V4B, 1, 0, 0, false, &[1; 50], &[])[0],
+            0x4f
+        );
+
+        let seg = ipv6_options(
+            PROTO_IPV6_DSTOPTS,
+            &ipv6_options(PROTO_TCP, &tcp(1, 2, TCP_SYN, 0)),
+        );
+        let f = ethernet(
+            A,
+            B,
+            ETHERTYPE_IPV6,
+            &ipv6(v6(1), v6(2), PROTO_IPV6_HOPOPTS, &seg),
+        );
+        let m = decode(LinkType::Ethernet, &f);
+        check(
+            &m,
+            v6(1).into(),
+            v6(2).into(),
+            PROTO_TCP,
+            1,
+            2,
+            40 + 16 + 20,
+            TCP_SYN,
+        );
     }
 
     #[test]
