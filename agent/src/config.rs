@@ -66,6 +66,19 @@ pub struct AgentSettings {
     pub max_flows: usize,
     /// Configured interfaces (empty = every up, non-loopback interface, for live capture).
     pub interfaces: Vec<InterfaceSettings>,
+    /// `[firewall]`: the NFLOG group that host firewall drops are learnt from (`action`
+    /// REJECT); none by default.
+    pub firewall: crate::nflog::FirewallSettings,
+    /// `[capture]`: how live capture reads the interfaces (promiscuous mode, fanout
+    /// threads, interface rescan, socket buffer).
+    pub capture: crate::capture_config::CaptureSettings,
+    /// `[metadata]` and the `subnet_id`/`vpc_id` of `[[interface]]`: the ids, AWS services
+    /// and traffic paths written in records (see [`crate::metadata`]).
+    pub metadata: crate::metadata::MetadataSettings,
+    /// Standalone mode's publishing pipeline: `[output]` file keys, `[sink]`, `[state]`,
+    /// `[service]`, as in the aggregator's config.
+    #[cfg(feature = "standalone")]
+    pub publish: flowlog_aggregator::config::Settings,
 }
 
 /// A config file that cannot be used; lists every problem.
@@ -94,6 +107,9 @@ struct RawConfig {
     output: Option<RawOutput>,
     #[serde(default)]
     interface: Vec<RawInterface>,
+    firewall: Option<crate::nflog::FirewallConfig>,
+    capture: Option<crate::capture_config::CaptureConfig>,
+    metadata: Option<crate::metadata::MetadataConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +137,8 @@ struct RawInterface {
     mac: Option<String>,
     #[serde(default)]
     addresses: Vec<String>,
+    subnet_id: Option<String>,
+    vpc_id: Option<String>,
 }
 
 /// Returns the stable default interface id of an interface name.
@@ -151,7 +169,7 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 pub fn load(path: &Path) -> Result<AgentSettings, ConfigError> {
     let shown = path.display().to_string();
     match std::fs::read_to_string(path) {
-        Ok(text) => parse(&text, &shown),
+        Ok(text) => crate::metadata::parse_with_discovery(&text, &shown),
         Err(e) => Err(ConfigError {
             path: shown,
             problems: vec![("(file)".into(), format!("cannot read: {e}"))],
@@ -162,10 +180,19 @@ pub fn load(path: &Path) -> Result<AgentSettings, ConfigError> {
 /// Validates config text; `path` is used in the error only.
 pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
     let mut problems: Vec<(String, String)> = Vec::new();
-    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
         path: path.to_owned(),
         problems: vec![("(syntax)".into(), e.message().to_owned())],
     })?;
+    let (agent_table, publish_table) = split_publishing(table);
+    let raw: RawConfig =
+        toml::Value::Table(agent_table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError {
+                path: path.to_owned(),
+                problems: vec![("(config)".into(), e.message().to_owned())],
+            })?;
+    let publish = publish_settings(&publish_table);
     let mut add = |key: &str, problem: String| problems.push((key.to_owned(), problem));
     let flow = raw.flow_log.unwrap_or(RawFlowLog {
         id: None,
@@ -231,6 +258,7 @@ pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
             LogFormat::aws_default()
         }),
     };
+    let mut metadata = crate::metadata::MetadataSettings::from_config(raw.metadata, &mut add);
     let mut interfaces = Vec::new();
     for (i, iface) in raw.interface.into_iter().enumerate() {
         let at = |k: &str| format!("interface[{i}].{k}");
@@ -261,6 +289,8 @@ pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
         let interface_id = iface
             .interface_id
             .unwrap_or_else(|| default_interface_id(&name));
+        let (subnet_id, vpc_id) = (iface.subnet_id.as_ref(), iface.vpc_id.as_ref());
+        metadata.set_interface_ids(i, &name, subnet_id, vpc_id, &mut add);
         interfaces.push(InterfaceSettings {
             name,
             interface_id,
@@ -269,7 +299,25 @@ pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
             primary_v6,
         });
     }
+    metadata.bind(&interfaces);
+    let firewall = crate::nflog::validate_config(raw.firewall, &mut add);
     let max_flows = flow.max_flows.unwrap_or(1 << 20);
+    let capture = raw.capture.unwrap_or_default().validate(&mut problems);
+    // The publishing sections share `flow_log` and `output.log_format` with the agent: a
+    // problem there is reported once.
+    for (key, problem) in publish.problems {
+        if !problems.iter().any(|(k, _)| *k == key) {
+            problems.push((key, problem));
+        }
+    }
+    #[cfg(feature = "standalone")]
+    let Some(publish) = publish.settings else {
+        problems.push(("(publishing)".into(), "invalid".into()));
+        return Err(ConfigError {
+            path: path.to_owned(),
+            problems,
+        });
+    };
     if !problems.is_empty() {
         return Err(ConfigError {
             path: path.to_owned(),
@@ -285,7 +333,114 @@ pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
         log_format,
         max_flows,
         interfaces,
+        firewall,
+        capture,
+        metadata,
+        #[cfg(feature = "standalone")]
+        publish,
     })
+}
+
+/// Sections of the aggregator's publishing pipeline (standalone mode); the agent shares
+/// `flow_log.{id,account_id,region}` and `output.log_format` with them.
+const PUBLISH_SECTIONS: [&str; 3] = ["sink", "state", "service"];
+
+/// `[output]` keys of the publishing pipeline only.
+const PUBLISH_OUTPUT_KEYS: [&str; 10] = [
+    "format",
+    "layout",
+    "prefix",
+    "max_file_bytes",
+    "window",
+    "grace",
+    "gzip_level",
+    "parquet_dictionary",
+    "parquet_row_group_rows",
+    "max_open_files",
+];
+
+/// Splits a config into the agent's own keys and the publishing pipeline's: `[sink]`,
+/// `[state]`, `[service]`, the file keys of `[output]`, plus copies of the shared keys.
+fn split_publishing(mut table: toml::Table) -> (toml::Table, toml::Table) {
+    let mut publish = toml::Table::new();
+    for name in PUBLISH_SECTIONS {
+        if let Some(section) = table.remove(name) {
+            publish.insert(name.to_owned(), section);
+        }
+    }
+    let mut output = toml::Table::new();
+    if let Some(toml::Value::Table(agent_output)) = table.get_mut("output") {
+        for key in PUBLISH_OUTPUT_KEYS {
+            if let Some(v) = agent_output.remove(key) {
+                output.insert(key.to_owned(), v);
+            }
+        }
+        if let Some(v) = agent_output.get("log_format") {
+            output.insert("log_format".to_owned(), v.clone());
+        }
+    }
+    publish.insert("output".to_owned(), toml::Value::Table(output));
+    let mut flow_log = toml::Table::new();
+    if let Some(toml::Value::Table(agent_flow_log)) = table.get("flow_log") {
+        for key in ["id", "account_id", "region"] {
+            if let Some(v) = agent_flow_log.get(key) {
+                flow_log.insert(key.to_owned(), v.clone());
+            }
+        }
+    }
+    publish.insert("flow_log".to_owned(), toml::Value::Table(flow_log));
+    (table, publish)
+}
+
+/// The publishing pipeline's settings, or the problems of its sections.
+struct Publish {
+    #[cfg(feature = "standalone")]
+    settings: Option<flowlog_aggregator::config::Settings>,
+    problems: Vec<(String, String)>,
+}
+
+#[cfg(feature = "standalone")]
+fn publish_settings(table: &toml::Table) -> Publish {
+    match flowlog_aggregator::config::parse_table(table) {
+        Ok(settings) => Publish {
+            settings: Some(settings),
+            problems: Vec::new(),
+        },
+        Err(found) => Publish {
+            settings: None,
+            problems: found.into_iter().map(|p| (p.key, p.message)).collect(),
+        },
+    }
+}
+
+#[cfg(not(feature = "standalone"))]
+fn publish_settings(table: &toml::Table) -> Publish {
+    let mut problems = Vec::new();
+    for (name, value) in table {
+        let Some(section) = value.as_table() else {
+            continue;
+        };
+        let keys: Vec<String> = if name == "output" {
+            section
+                .keys()
+                .filter(|k| *k != "log_format")
+                .map(|k| format!("output.{k}"))
+                .collect()
+        } else if name == "flow_log" {
+            Vec::new()
+        } else {
+            vec![name.clone()]
+        };
+        for key in keys {
+            problems.push((
+                key,
+                "this flowlog-agent is built without standalone output (cargo feature \
+                 `standalone`)"
+                    .to_owned(),
+            ));
+        }
+    }
+    Publish { problems }
 }
 
 #[cfg(test)]

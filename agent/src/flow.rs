@@ -19,8 +19,14 @@
 //!
 //! The table is pure: time is passed in, it does no I/O and starts no thread. One table
 //! serves one interface and is owned by that interface's capture thread.
+//!
+//! Performance: a packet of a known flow costs one hash of a packed 40-byte key (foldhash)
+//! and one probe of a small index; the flows themselves sit in one vector (72 bytes each),
+//! sorted in place when their interval closes and handed out one record at a time to a
+//! [`RecordSink`], so that no interval's records are ever all held at once.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
@@ -88,15 +94,363 @@ pub struct FlowTableSettings {
     pub max_flows: usize,
 }
 
-/// A flow: direction and the packet's 5-tuple.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Receives the records of closed intervals, one at a time, as a [`FlowTable`] produces
+/// them.
+///
+/// A [`FlowRecord`] is several hundred bytes and an interval can have a million flows: a
+/// sink that encodes or forwards each record as it comes keeps memory flat, where a
+/// `Vec<FlowRecord>` (which implements this trait) holds a whole interval.
+pub trait RecordSink {
+    /// Takes the next record.
+    fn push_record(&mut self, record: FlowRecord);
+}
+
+impl RecordSink for Vec<FlowRecord> {
+    fn push_record(&mut self, record: FlowRecord) {
+        self.push(record);
+    }
+}
+
+/// A flow: direction and the packet's 5-tuple, packed into 40 bytes.
+///
+/// Addresses are kept as numbers: an IPv6 address as its high and low 64 bits, an IPv4
+/// address in `*_hi` (with `*_lo` 0); `v6` tells the family (a packet's two addresses
+/// always share one). The order ([`Ord`]) is that of (direction, protocol, source
+/// [`IpAddr`], destination [`IpAddr`], source port, destination port): IPv4 before IPv6,
+/// then by address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FlowKey {
-    direction: Direction,
-    protocol: u8,
-    src: IpAddr,
-    dst: IpAddr,
+    src_hi: u64,
+    src_lo: u64,
+    dst_hi: u64,
+    dst_lo: u64,
     src_port: u16,
     dst_port: u16,
+    protocol: u8,
+    direction: Direction,
+    v6: bool,
+}
+
+impl Hash for FlowKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Three wide words instead of nine fields: fewer rounds of the hasher.
+        state.write_u128((u128::from(self.src_hi) << 64) | u128::from(self.src_lo));
+        state.write_u128((u128::from(self.dst_hi) << 64) | u128::from(self.dst_lo));
+        state.write_u64(
+            u64::from(self.src_port)
+                | (u64::from(self.dst_port) << 16)
+                | (u64::from(self.protocol) << 32)
+                | ((self.direction as u64) << 40)
+                | (u64::from(self.v6) << 48),
+        );
+    }
+}
+
+impl Ord for FlowKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        // Direction, protocol and family packed in one word, the ports in another: the
+        // order of the fields, with fewer comparisons.
+        let order = |k: &FlowKey| {
+            (
+                ((k.direction as u32) << 16) | (u32::from(k.protocol) << 8) | u32::from(k.v6),
+                k.src_hi,
+                k.src_lo,
+                k.dst_hi,
+                k.dst_lo,
+                (u32::from(k.src_port) << 16) | u32::from(k.dst_port),
+            )
+        };
+        order(self).cmp(&order(other))
+    }
+}
+
+impl PartialOrd for FlowKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl FlowKey {
+    #[inline]
+    fn new(
+        direction: Direction,
+        protocol: u8,
+        src: IpAddr,
+        dst: IpAddr,
+        ports: (u16, u16),
+    ) -> Self {
+        let (v6, src_hi, src_lo) = pack_addr(src);
+        let (_, dst_hi, dst_lo) = pack_addr(dst);
+        FlowKey {
+            src_hi,
+            src_lo,
+            dst_hi,
+            dst_lo,
+            src_port: ports.0,
+            dst_port: ports.1,
+            protocol,
+            direction,
+            v6,
+        }
+    }
+
+    fn src(&self) -> IpAddr {
+        unpack_addr(self.v6, self.src_hi, self.src_lo)
+    }
+
+    fn dst(&self) -> IpAddr {
+        unpack_addr(self.v6, self.dst_hi, self.dst_lo)
+    }
+}
+
+/// An address as (is IPv6, high 64 bits, low 64 bits); IPv4 is all in the high part.
+#[inline]
+fn pack_addr(addr: IpAddr) -> (bool, u64, u64) {
+    match addr {
+        IpAddr::V4(a) => (false, u64::from(u32::from(a)), 0),
+        IpAddr::V6(a) => {
+            let n = u128::from(a);
+            // Truncations intended: the two halves of the address.
+            (true, (n >> 64) as u64, n as u64)
+        }
+    }
+}
+
+fn unpack_addr(v6: bool, hi: u64, lo: u64) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::from((u128::from(hi) << 64) | u128::from(lo)))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(u32::try_from(hi).unwrap_or(0)))
+    }
+}
+
+/// The hasher of flow keys.
+///
+/// Not SipHash: hashing dominates a packet's aggregation and SipHash costs several times
+/// more per key. foldhash is fast, high quality, and seeded at random per table, so the
+/// slots a key lands in cannot be predicted by whoever sends the packets; and `max_flows`
+/// bounds the table whatever happens.
+type FlowHasher = foldhash::fast::RandomState;
+
+/// Fewest slots of a [`FlowMap`]'s index once it has a flow.
+const MIN_INDEX_SLOTS: usize = 1024;
+
+/// Packets worth keying ([`FlowTable::key_packet`]) before counting them
+/// ([`FlowTable::observe_keyed`]): enough for their flows' memory accesses to overlap.
+pub const OBSERVE_BATCH: usize = 16;
+
+/// A decoded packet whose flow key is computed and whose index slot is being loaded:
+/// made by [`FlowTable::key_packet`], counted by [`FlowTable::observe_keyed`] of the same
+/// table.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyedPacket {
+    key: FlowKey,
+    hash: u64,
+    now: Duration,
+    ip_len: u32,
+    /// AWS TCP flag value (0 for other protocols).
+    flags: u16,
+}
+
+/// The flows of the open interval: `(key, counters)` in arrival order in one vector, and a
+/// hash index of positions in it.
+///
+/// The index is open addressing with linear probing, at most 3/4 full, 4 bytes a slot: 0
+/// when empty, else the flow's position + 1 in the low `pos_bits` bits and a tag (as many
+/// high bits of the key's hash as fit) above. A lookup reads one slot (rarely a few, in
+/// the same cache line) and the one flow whose tag matches. Compared with a
+/// `HashMap<FlowKey, FlowState>` (72-byte slots, at most 7/8 full, all resident), only the
+/// vector's used part is resident, the index is small enough to stay in the CPU caches,
+/// and it grows without moving the flows; closing an interval sorts them in place.
+#[derive(Debug)]
+struct FlowMap {
+    entries: Vec<(FlowKey, FlowState)>,
+    slots: Vec<u32>,
+    /// Bits of a slot holding position + 1: enough for `max_flows` + 1.
+    pos_bits: u32,
+}
+
+/// Where [`FlowMap::find`] ended: at the flow, or at the empty slot where it would go.
+enum Probe {
+    Found(usize),
+    Vacant(usize),
+}
+
+impl FlowMap {
+    /// An empty map for at most `max_flows` flows (less than `u32::MAX`).
+    fn new(max_flows: usize) -> FlowMap {
+        let most = u64::try_from(max_flows)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        FlowMap {
+            entries: Vec::new(),
+            slots: Vec::new(),
+            pos_bits: (u64::BITS - most.leading_zeros()).clamp(1, 32),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The slot where the probe for `hash` starts; `slots` must not be empty.
+    fn home(&self, hash: u64) -> usize {
+        // Truncation intended: the low bits of the hash pick the slot.
+        (hash as usize) & (self.slots.len() - 1)
+    }
+
+    /// The tag bits of `hash`, in place in a slot (above the position bits).
+    fn tag(&self, hash: u64) -> u32 {
+        // The high 32 bits of the hash, shifted out of the position bits.
+        let high = (hash >> 32) as u32;
+        high.checked_shl(self.pos_bits).unwrap_or(0)
+    }
+
+    /// The position a non-empty slot points at.
+    fn position(&self, slot: u32) -> usize {
+        let mask = u32::MAX.checked_shr(32 - self.pos_bits).unwrap_or(u32::MAX);
+        ((slot & mask) as usize).wrapping_sub(1)
+    }
+
+    /// Starts loading the index slot of `hash` into the cache.
+    #[inline]
+    fn prefetch_slot(&self, hash: u64) {
+        if !self.slots.is_empty() {
+            prefetch(self.slots.as_ptr().wrapping_add(self.home(hash)));
+        }
+    }
+
+    /// Starts loading the flow the index slot of `hash` points at (if its tag matches).
+    #[inline]
+    fn prefetch_flow(&self, hash: u64) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let slot = self.slots.get(self.home(hash)).copied().unwrap_or(0);
+        if slot != 0 && self.matches(slot, hash) {
+            prefetch(self.entries.as_ptr().wrapping_add(self.position(slot)));
+        }
+    }
+
+    /// Whether the tag of a non-empty `slot` is that of `hash`.
+    fn matches(&self, slot: u32, hash: u64) -> bool {
+        let tag_mask = u32::MAX.checked_shl(self.pos_bits).unwrap_or(0);
+        slot & tag_mask == self.tag(hash)
+    }
+
+    /// Looks `key` (whose hash is `hash`) up; `slots` must not be empty.
+    #[inline]
+    fn find(&self, hash: u64, key: &FlowKey) -> Probe {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(hash);
+        loop {
+            let slot = self.slots.get(i).copied().unwrap_or(0);
+            if slot == 0 {
+                return Probe::Vacant(i);
+            }
+            if self.matches(slot, hash) {
+                let at = self.position(slot);
+                if self.entries.get(at).is_some_and(|e| e.0 == *key) {
+                    return Probe::Found(at);
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The counters of `key`, whose hash is `hash`.
+    #[inline]
+    fn get_mut_hashed(&mut self, hash: u64, key: &FlowKey) -> Option<&mut FlowState> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        match self.find(hash, key) {
+            Probe::Found(at) => self.entries.get_mut(at).map(|e| &mut e.1),
+            Probe::Vacant(_) => None,
+        }
+    }
+
+    /// Adds a flow that is not in the map (the caller looked it up); the map holds fewer
+    /// than its `max_flows`.
+    fn insert_new(&mut self, hasher: &FlowHasher, hash: u64, key: FlowKey, state: FlowState) {
+        if (self.entries.len() + 1) * 4 > self.slots.len() * 3 {
+            self.grow(hasher);
+        }
+        // Positions + 1 fit in `pos_bits`: `FlowTable` stops adding at `max_flows`.
+        let slot = self.tag(hash) | (self.entries.len() as u32 + 1);
+        if let Probe::Vacant(i) = self.find(hash, &key)
+            && let Some(s) = self.slots.get_mut(i)
+        {
+            *s = slot;
+            self.entries.push((key, state));
+        }
+    }
+
+    /// Doubles the index (at least [`MIN_INDEX_SLOTS`]) and re-indexes every flow.
+    fn grow(&mut self, hasher: &FlowHasher) {
+        let size = (self.slots.len() * 2).max(MIN_INDEX_SLOTS);
+        let mask = size - 1;
+        let mut slots = vec![0u32; size];
+        for (at, e) in self.entries.iter().enumerate() {
+            let hash = hasher.hash_one(e.0);
+            // Keys are distinct: the first empty slot from home is the flow's.
+            let mut i = (hash as usize) & mask;
+            while slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            slots[i] = self.tag(hash) | (at as u32 + 1);
+        }
+        self.slots = slots;
+    }
+
+    /// Sorts the flows in output order (first packet's second, then key). The index no
+    /// longer matches: [`FlowMap::clear`] the map before using it again.
+    fn sort_for_output(&mut self) -> &[(FlowKey, FlowState)] {
+        // A flow is added when its first packet arrives: with packets in time order the
+        // flows already are in order of their first second, and sorting each second's
+        // flows (a few thousand, which fit in the CPU caches) by key is enough.
+        if self.entries.is_sorted_by_key(|e| e.1.first) {
+            for second in self.entries.chunk_by_mut(|a, b| a.1.first == b.1.first) {
+                second.sort_unstable_by_key(|e| e.0);
+            }
+        } else {
+            self.entries
+                .sort_unstable_by(|a, b| (a.1.first, &a.0).cmp(&(b.1.first, &b.0)));
+        }
+        &self.entries
+    }
+
+    /// Empties the map, keeping room for about as many flows as it had.
+    fn clear(&mut self) {
+        let n = self.entries.len();
+        self.entries.clear();
+        self.entries.shrink_to(n + n / 4);
+        let slots = ((n + n / 4) * 4 / 3 + 1)
+            .next_power_of_two()
+            .max(MIN_INDEX_SLOTS);
+        if n == 0 {
+            self.slots = Vec::new();
+        } else if self.slots.len() > slots {
+            self.slots = vec![0; slots];
+        } else {
+            self.slots.fill(0);
+        }
+    }
+}
+
+/// Starts loading the cache line at `p` (a hint: results do not depend on it).
+#[inline(always)]
+#[allow(unsafe_code)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has; a prefetch neither
+    // faults nor changes memory, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Counters of one flow in the open interval.
@@ -153,7 +507,7 @@ impl FragmentCache {
 struct Interval {
     /// Unix seconds of its start (a multiple of the interval length).
     start: u64,
-    flows: HashMap<FlowKey, FlowState>,
+    flows: FlowMap,
     /// Packets seen (accounted or not).
     seen: u64,
     /// Packets not accounted: table full, or lost before reaching the table.
@@ -179,6 +533,8 @@ pub struct FlowTable {
     /// Records of intervals closed by [`FlowTable::record_loss`], which has no output;
     /// handed out by the next call that has.
     pending: Vec<FlowRecord>,
+    /// Hashes flow keys for every interval's [`FlowMap`].
+    hasher: FlowHasher,
 }
 
 impl FlowTable {
@@ -189,10 +545,12 @@ impl FlowTable {
         FlowTable {
             info,
             interval: settings.interval_secs.max(1),
-            max_flows: settings.max_flows,
+            // The flow map's index stores positions + 1 in 32 bits.
+            max_flows: settings.max_flows.min(u32::MAX as usize - 1),
             current: None,
             fragments: FragmentCache::default(),
             pending: Vec::new(),
+            hasher: FlowHasher::default(),
         }
     }
 
@@ -221,33 +579,87 @@ impl FlowTable {
     /// are not strictly ordered) is counted in the open interval at its start; one stamped
     /// earlier than that means the clock was set back: the open interval is closed and a
     /// new one starts at `now`.
-    pub fn observe(&mut self, meta: &PacketMeta, now: Duration, out: &mut Vec<FlowRecord>) {
-        out.append(&mut self.pending);
-        let secs = now.as_secs();
-        self.advance(secs, true, out);
+    pub fn observe(&mut self, meta: &PacketMeta, now: Duration, out: &mut impl RecordSink) {
+        self.hand_out_pending(out);
+        let packet = self.key_packet(meta, now);
+        self.account(&packet, out);
+    }
+
+    /// First half of [`FlowTable::observe`]: computes the flow key of `meta` seen at `now`
+    /// and starts loading where the table keeps that flow, without waiting for it.
+    ///
+    /// Give the results, in the same order, to [`FlowTable::observe_keyed`] of this table
+    /// (a key is meaningless to another table): keying [`OBSERVE_BATCH`] packets before
+    /// counting them lets their memory accesses overlap instead of waiting for each other.
+    /// Keys must be made in packet order (later fragments of a datagram take the ports of
+    /// its first).
+    #[inline]
+    pub fn key_packet(&mut self, meta: &PacketMeta, now: Duration) -> KeyedPacket {
         let direction = self.direction(meta);
         let key = self.flow_key(meta, direction);
-        let flags = if meta.protocol == PROTO_TCP {
-            aws_tcp_flags(meta.tcp_flags)
-        } else {
-            0
-        };
+        let hash = self.hasher.hash_one(key);
+        if let Some(cur) = &self.current {
+            cur.flows.prefetch_slot(hash);
+        }
+        KeyedPacket {
+            key,
+            hash,
+            now,
+            ip_len: meta.ip_len,
+            flags: if meta.protocol == PROTO_TCP {
+                aws_tcp_flags(meta.tcp_flags)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// Second half of [`FlowTable::observe`]: counts `packets` (from
+    /// [`FlowTable::key_packet`] of this table, in order) exactly as [`FlowTable::observe`]
+    /// of each would, handing `out` the records of the intervals they close.
+    pub fn observe_keyed(&mut self, packets: &[KeyedPacket], out: &mut impl RecordSink) {
+        self.hand_out_pending(out);
+        if let Some(cur) = &self.current {
+            for p in packets {
+                cur.flows.prefetch_flow(p.hash);
+            }
+        }
+        for p in packets {
+            self.account(p, out);
+        }
+    }
+
+    /// Counts a keyed packet, closing the intervals that ended before it.
+    #[inline]
+    fn account(&mut self, p: &KeyedPacket, out: &mut impl RecordSink) {
+        let secs = p.now.as_secs();
+        // Most packets fall in the open interval: nothing to close.
+        let in_open_interval = self
+            .current
+            .as_ref()
+            .is_some_and(|c| secs >= c.start && secs - c.start < self.interval);
+        if !in_open_interval {
+            self.advance(secs, true, out);
+        }
+        let flags = p.flags;
         let max_flows = self.max_flows;
         let Some(cur) = self.current.as_mut() else {
             return;
         };
         let offset = u32::try_from(secs.saturating_sub(cur.start)).unwrap_or(u32::MAX);
         cur.seen = cur.seen.saturating_add(1);
-        let bytes = u64::from(meta.ip_len);
-        if let Some(st) = cur.flows.get_mut(&key) {
+        let bytes = u64::from(p.ip_len);
+        if let Some(st) = cur.flows.get_mut_hashed(p.hash, &p.key) {
             st.packets = st.packets.saturating_add(1);
             st.bytes = st.bytes.saturating_add(bytes);
             st.first = st.first.min(offset);
             st.last = st.last.max(offset);
             st.flags |= flags;
         } else if cur.flows.len() < max_flows {
-            cur.flows.insert(
-                key,
+            cur.flows.insert_new(
+                &self.hasher,
+                p.hash,
+                p.key,
                 FlowState {
                     packets: 1,
                     bytes,
@@ -264,21 +676,21 @@ impl FlowTable {
     /// Closes every interval that ended at or before `now`, appending its records to
     /// `out` (NODATA for intervals without packets). Call it on a timer so that quiet
     /// interfaces still report.
-    pub fn close_due(&mut self, now: Duration, out: &mut Vec<FlowRecord>) {
-        out.append(&mut self.pending);
+    pub fn close_due(&mut self, now: Duration, out: &mut impl RecordSink) {
+        self.hand_out_pending(out);
         self.advance(now.as_secs(), false, out);
     }
 
     /// Shutdown: closes the intervals due at `now`, then the open (partial) interval too,
     /// appending all their records. A NODATA or SKIPDATA record of the partial interval
     /// ends at `now`. The table then starts afresh with the next call.
-    pub fn flush_all(&mut self, now: Duration, out: &mut Vec<FlowRecord>) {
+    pub fn flush_all(&mut self, now: Duration, out: &mut impl RecordSink) {
         self.close_due(now, out);
-        if let Some(cur) = self.current.take() {
+        if let Some(mut cur) = self.current.take() {
             let last = self
                 .last_second(cur.start)
                 .min(now.as_secs().max(cur.start));
-            self.emit(&cur, last, out);
+            self.emit(&mut cur, last, out);
         }
     }
 
@@ -299,6 +711,15 @@ impl FlowTable {
         }
     }
 
+    /// Hands the records held by [`FlowTable::record_loss`] to `out`.
+    fn hand_out_pending(&mut self, out: &mut impl RecordSink) {
+        if !self.pending.is_empty() {
+            for record in self.pending.drain(..) {
+                out.push_record(record);
+            }
+        }
+    }
+
     fn align(&self, secs: u64) -> u64 {
         secs - secs % self.interval
     }
@@ -311,7 +732,7 @@ impl FlowTable {
     fn open_interval(&self, start: u64) -> Interval {
         Interval {
             start,
-            flows: HashMap::new(),
+            flows: FlowMap::new(self.max_flows),
             seen: 0,
             skipped: 0,
         }
@@ -320,7 +741,7 @@ impl FlowTable {
     /// Makes the interval containing `secs` the open one, emitting the records of the
     /// intervals this closes. `packet` says whether a packet at `secs` follows (then a
     /// clock set far back restarts the table).
-    fn advance(&mut self, secs: u64, packet: bool, out: &mut Vec<FlowRecord>) {
+    fn advance(&mut self, secs: u64, packet: bool, out: &mut impl RecordSink) {
         let target = self.align(secs);
         let Some(cur_start) = self.current.as_ref().map(|c| c.start) else {
             self.current = Some(self.open_interval(target));
@@ -328,12 +749,10 @@ impl FlowTable {
         };
         if target > cur_start {
             if let Some(mut cur) = self.current.take() {
-                self.emit(&cur, self.last_second(cur_start), out);
+                self.emit(&mut cur, self.last_second(cur_start), out);
                 // Reuse the map's allocation, sized for about as many flows as this
                 // interval had.
-                let n = cur.flows.len();
                 cur.flows.clear();
-                cur.flows.shrink_to(n + n / 4);
                 self.current = Some(Interval {
                     start: target,
                     flows: cur.flows,
@@ -347,7 +766,7 @@ impl FlowTable {
             let skip = idle.saturating_sub(MAX_IDLE_INTERVALS);
             let mut t = first_idle + skip * self.interval;
             while t < target {
-                out.push(FlowRecord::no_data(
+                out.push_record(FlowRecord::no_data(
                     Some(self.info.account_id.clone()),
                     Some(self.info.interface_id.clone()),
                     t,
@@ -357,19 +776,21 @@ impl FlowTable {
             }
         } else if packet && target.saturating_add(self.interval) < cur_start {
             // The clock went back by more than an interval: close what we have and restart.
-            if let Some(cur) = self.current.take() {
-                self.emit(&cur, self.last_second(cur_start), out);
+            if let Some(mut cur) = self.current.take() {
+                self.emit(&mut cur, self.last_second(cur_start), out);
             }
             self.current = Some(self.open_interval(target));
         }
     }
 
-    /// Appends the records of `interval`; its NODATA / SKIPDATA record ends at `last`.
-    fn emit(&self, interval: &Interval, last: u64, out: &mut Vec<FlowRecord>) {
+    /// Hands out the records of `interval`, one at a time; its NODATA / SKIPDATA record
+    /// ends at `last`. Leaves the interval's flows sorted and unindexed (clear them before
+    /// reuse).
+    fn emit(&self, interval: &mut Interval, last: u64, out: &mut impl RecordSink) {
         let account = &self.info.account_id;
         let iface = &self.info.interface_id;
         if interval.seen == 0 {
-            out.push(FlowRecord::no_data(
+            out.push_record(FlowRecord::no_data(
                 Some(account.clone()),
                 Some(iface.clone()),
                 interval.start,
@@ -378,25 +799,24 @@ impl FlowTable {
             return;
         }
         if interval.skipped > 0 {
-            out.push(FlowRecord::skip_data(
+            out.push_record(FlowRecord::skip_data(
                 Some(account.clone()),
                 Some(iface.clone()),
                 interval.start,
                 last,
             ));
         }
-        let mut flows: Vec<(&FlowKey, &FlowState)> = interval.flows.iter().collect();
-        flows.sort_unstable_by(|a, b| (a.1.first, a.0).cmp(&(b.1.first, b.0)));
-        out.reserve(flows.len());
-        for (key, st) in flows {
-            out.push(self.record(interval.start, key, st));
+        let start = interval.start;
+        for (key, st) in interval.flows.sort_for_output() {
+            out.push_record(self.record(start, key, st));
         }
     }
 
     fn record(&self, interval_start: u64, key: &FlowKey, st: &FlowState) -> FlowRecord {
+        let (src, dst) = (key.src(), key.dst());
         let (srcaddr, dstaddr) = match key.direction {
-            Direction::Egress => (self.own_address(key.src), key.dst),
-            Direction::Ingress => (key.src, self.own_address(key.dst)),
+            Direction::Egress => (self.own_address(src), dst),
+            Direction::Ingress => (src, self.own_address(dst)),
         };
         FlowRecord {
             account_id: Some(self.info.account_id.clone()),
@@ -413,12 +833,13 @@ impl FlowTable {
             action: Some(Action::Accept),
             log_status: Some(LogStatus::Ok),
             tcp_flags: (key.protocol == PROTO_TCP).then_some(st.flags),
-            traffic_type: Some(match key.src {
-                IpAddr::V4(_) => TrafficType::IPv4,
-                IpAddr::V6(_) => TrafficType::IPv6,
+            traffic_type: Some(if key.v6 {
+                TrafficType::IPv6
+            } else {
+                TrafficType::IPv4
             }),
-            pkt_srcaddr: Some(key.src),
-            pkt_dstaddr: Some(key.dst),
+            pkt_srcaddr: Some(src),
+            pkt_dstaddr: Some(dst),
             flow_direction: Some(key.direction.into()),
             ..FlowRecord::default()
         }
@@ -432,6 +853,7 @@ impl FlowTable {
         }
     }
 
+    #[inline]
     fn direction(&self, meta: &PacketMeta) -> Direction {
         if meta.src_mac == Some(self.info.mac) || meta.sll_packet_type == Some(SLL_OUTGOING) {
             Direction::Egress
@@ -440,6 +862,7 @@ impl FlowTable {
         }
     }
 
+    #[inline]
     fn flow_key(&mut self, meta: &PacketMeta, direction: Direction) -> FlowKey {
         let (mut src_port, mut dst_port) = (meta.src_port, meta.dst_port);
         match meta.fragment {
@@ -466,14 +889,13 @@ impl FlowTable {
         if matches!(meta.protocol, PROTO_ICMP | PROTO_ICMPV6) {
             (src_port, dst_port) = (0, 0);
         }
-        FlowKey {
+        FlowKey::new(
             direction,
-            protocol: meta.protocol,
-            src: meta.src,
-            dst: meta.dst,
-            src_port,
-            dst_port,
-        }
+            meta.protocol,
+            meta.src,
+            meta.dst,
+            (src_port, dst_port),
+        )
     }
 }
 
@@ -1256,6 +1678,154 @@ mod tests {
             prop_assert!(status.values().all(|s| *s == LogStatus::NoData));
             // Output is in time order across intervals.
             prop_assert!(out.windows(2).all(|w| w[0].start.unwrap() / 60 <= w[1].start.unwrap() / 60));
+        }
+    }
+
+    /// A packet of flow number `n` of many: TCP, IPv4 or (every fifth) IPv6, ingress or
+    /// egress, with distinct remote addresses and ports.
+    fn many_flows_packet(n: u32, egress: bool) -> PacketMeta {
+        let port = 1024 + (n % 60_000) as u16;
+        if n.is_multiple_of(5) {
+            let local = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+            let remote = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, (n >> 16) as u16, n as u16);
+            let (sm, dm, s, d) = if egress {
+                (ENI_MAC, GW_MAC, local, remote)
+            } else {
+                (GW_MAC, ENI_MAC, remote, local)
+            };
+            meta(&frames::tcp_v6(sm, dm, s, d, port, 443, TCP_ACK, 10))
+        } else {
+            let remote = Ipv4Addr::from(0xc633_0000 + n);
+            let (sm, dm, s, d) = if egress {
+                (ENI_MAC, GW_MAC, PRIMARY, remote)
+            } else {
+                (GW_MAC, ENI_MAC, remote, PRIMARY)
+            };
+            meta(&frames::tcp_v4(sm, dm, s, d, port, 443, TCP_ACK, 10))
+        }
+    }
+
+    #[test]
+    fn many_flows_survive_index_growth_and_reuse() {
+        // Far more flows than the smallest index holds: it grows several times.
+        let n = 5_000u32;
+        let mut t = table(1 << 20);
+        let mut out = Vec::new();
+        for round in 0..2 {
+            for i in 0..n {
+                t.observe(
+                    &many_flows_packet(i, i % 2 == 0),
+                    at(T0 + 1 + round),
+                    &mut out,
+                );
+            }
+        }
+        assert_eq!(t.live_flows(), n as usize);
+        // The next interval reuses the map (cleared): fewer flows, each once.
+        for i in 0..100 {
+            t.observe(&many_flows_packet(i, true), at(T0 + 61), &mut out);
+        }
+        assert_eq!(out.len(), n as usize);
+        assert!(out.iter().all(|r| r.packets == Some(2)));
+        let mut keys: Vec<_> = out
+            .iter()
+            .map(|r| (r.pkt_srcaddr, r.pkt_dstaddr, r.srcport))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n as usize, "one record per flow");
+        out.clear();
+        t.flush_all(at(T0 + 62), &mut out);
+        assert_eq!(out.len(), 100);
+        assert!(out.iter().all(|r| r.packets == Some(1)));
+    }
+
+    #[test]
+    fn max_flows_is_respected_at_every_index_width() {
+        for max_flows in [0, 1, 2, 3, 7, 1000] {
+            let mut t = table(max_flows);
+            let mut out = Vec::new();
+            for i in 0..20 {
+                t.observe(&many_flows_packet(i, false), at(T0 + 1), &mut out);
+                t.observe(&many_flows_packet(i, false), at(T0 + 2), &mut out);
+            }
+            assert_eq!(t.live_flows(), max_flows.min(20), "max_flows {max_flows}");
+            t.close_due(at(T0 + 60), &mut out);
+            let ok = ok_records(&out);
+            assert_eq!(ok.len(), max_flows.min(20));
+            assert!(ok.iter().all(|r| r.packets == Some(2)));
+            assert_eq!(
+                status_records(&out, LogStatus::SkipData).len(),
+                usize::from(max_flows < 20)
+            );
+        }
+    }
+
+    #[test]
+    fn a_late_packet_starting_a_flow_is_still_sorted_first() {
+        // Flows are normally added in order of their first second; a late packet (counted
+        // at the interval's start) breaks that and the records must still be in order.
+        let mut t = table(10);
+        let mut out = Vec::new();
+        t.observe(
+            &tcp_out(PRIMARY, 2000, 80, TCP_ACK, 0),
+            at(T0 + 65),
+            &mut out,
+        );
+        t.observe(
+            &tcp_out(PRIMARY, 1000, 80, TCP_ACK, 0),
+            at(T0 + 66),
+            &mut out,
+        );
+        t.observe(
+            &tcp_out(PRIMARY, 3000, 80, TCP_ACK, 0),
+            at(T0 + 59),
+            &mut out,
+        );
+        t.close_due(at(T0 + 120), &mut out);
+        let order: Vec<_> = out
+            .iter()
+            .map(|r| (r.start.unwrap(), r.srcport.unwrap()))
+            .collect();
+        assert_eq!(
+            order,
+            vec![(T0 + 60, 3000), (T0 + 65, 2000), (T0 + 66, 1000)]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn keyed_batches_count_exactly_as_observe(
+            start in 0u64..120,
+            packets in proptest::collection::vec((gen_packet(), 0u8..20), 0..300),
+            batch in 1usize..40,
+        ) {
+            // The same packets (some late, some far back in time) through observe one by
+            // one and through key_packet + observe_keyed in batches.
+            let mut one = table(50);
+            let mut keyed = table(50);
+            let (mut out_one, mut out_keyed) = (Vec::new(), Vec::new());
+            let mut now = T0 + start;
+            let mut pending = Vec::new();
+            for (p, jitter) in &packets {
+                now += p.step;
+                let t = match jitter {
+                    0 => now.saturating_sub(70),
+                    1 | 2 => now.saturating_sub(5),
+                    _ => now,
+                };
+                let m = build(p);
+                one.observe(&m, Duration::new(t, 7), &mut out_one);
+                pending.push(keyed.key_packet(&m, Duration::new(t, 7)));
+                if pending.len() == batch {
+                    keyed.observe_keyed(&pending, &mut out_keyed);
+                    pending.clear();
+                }
+            }
+            keyed.observe_keyed(&pending, &mut out_keyed);
+            one.flush_all(Duration::from_secs(now + 1), &mut out_one);
+            keyed.flush_all(Duration::from_secs(now + 1), &mut out_keyed);
+            prop_assert_eq!(out_one, out_keyed);
         }
     }
 }

@@ -1,25 +1,29 @@
 //! Reading and writing capture files: classic pcap and pcapng (read), pcap (write).
 //!
 //! [`PcapPackets`] reads either format (told apart by the file's magic number) and yields
-//! one [`Packet`] per captured frame, with its timestamp, link type and interface.
+//! one packet per captured frame, with its timestamp, link type and interface: borrowed
+//! from its read buffer ([`PcapPackets::next_ref`], what replay uses: no allocation or
+//! copy per packet) or as an owned [`Packet`] (the [`Iterator`] implementation).
 //! [`PcapWriter`] writes classic pcap files, for tests and benchmarks.
 //!
-//! Parsing is done by the `pcap-file` crate; this module adds what it leaves to the caller:
+//! Classic pcap records are parsed here; pcapng blocks by the `pcap-file` crate, over the
+//! same buffer. This module adds what `pcap-file` leaves to the caller:
 //! pcapng timestamp units (`if_tsresol`, `if_tsoffset`: `pcap-file` 2 hands out raw
 //! timestamp units as if they were nanoseconds), lenient packet lengths in classic pcap
 //! (captures whose snapshot length is shorter than the packets are normal), and errors
 //! that name the file and the packet.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader};
+use pcap_file::pcap::{PcapHeader, PcapPacket};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
-use pcap_file::pcapng::{Block, PcapNgReader};
+use pcap_file::pcapng::{Block, PcapNgParser};
 use pcap_file::{DataLink, Endianness, TsResolution};
 
 use crate::decode::LinkType;
@@ -202,26 +206,169 @@ fn ticks_to_duration(raw: u64, tsresol: u8) -> Duration {
     Duration::new(secs, sub)
 }
 
-enum Source {
-    Pcap {
-        reader: PcapReader<File>,
-        link: Option<LinkType>,
-        resolution: TsResolution,
-    },
+/// Bytes read from the file per `read` call at most, and the initial buffer size: large
+/// enough that system calls are rare, small enough to stay in the CPU's L2 cache (a
+/// buffer that fits there is copied into faster than a memory-mapped file is paged in).
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Largest record (classic pcap) or block (pcapng) accepted; a length field above it is a
+/// malformed file, not a reason to allocate gigabytes.
+const MAX_RECORD: usize = 64 * 1024 * 1024;
+
+/// pcapng Section Header Block type.
+const NG_SECTION_HEADER: u32 = 0x0a0d_0d0a;
+
+/// The file's bytes, read through one reusable buffer: `buf[start..end]` is what has been
+/// read and not consumed yet.
+struct Input {
+    file: File,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The file has no more bytes.
+    eof: bool,
+    /// Data of a packet that the pcapng parser handed out as an owned copy.
+    scratch: Vec<u8>,
+}
+
+impl Input {
+    fn new(file: File) -> Input {
+        Input {
+            file,
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+            eof: false,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The bytes read and not consumed yet.
+    fn available(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads until at least `n` bytes are available or the file ends; returns whether
+    /// they are.
+    fn fill(&mut self, n: usize) -> io::Result<bool> {
+        if self.end - self.start >= n {
+            return Ok(true);
+        }
+        if self.eof {
+            return Ok(false);
+        }
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < n {
+            self.buf.resize(n.max(self.buf.len() * 2), 0);
+        }
+        while self.end < n {
+            match self.file.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(got) => self.end += got,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+    }
+}
+
+/// Classic pcap: byte order and timestamp unit of the records.
+#[derive(Debug, Clone, Copy)]
+struct PcapFormat {
+    big_endian: bool,
+    nanos: bool,
+    link: Option<LinkType>,
+}
+
+impl PcapFormat {
+    fn u32_at(&self, bytes: &[u8], at: usize) -> u32 {
+        let mut b = [0u8; 4];
+        if let Some(s) = bytes.get(at..at + 4) {
+            b.copy_from_slice(s);
+        }
+        if self.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    }
+}
+
+enum Format {
+    Pcap(PcapFormat),
     PcapNg {
-        reader: Box<PcapNgReader<File>>,
+        parser: Box<PcapNgParser>,
         interfaces: Vec<NgInterface>,
         /// Timestamp of the last packet, given to Simple Packet Blocks (which have none).
         last_timestamp: Duration,
     },
 }
 
-/// Iterator over the packets of a pcap or pcapng file.
+/// Where a packet's bytes are: in the read buffer, or in the scratch copy.
+enum DataAt {
+    Buffer { start: usize, len: usize },
+    Scratch,
+}
+
+/// A packet located by [`PcapPackets::locate_next`], its bytes not borrowed yet.
+struct Located {
+    timestamp: Duration,
+    link: Option<LinkType>,
+    data: DataAt,
+    original_len: u32,
+    interface: u32,
+}
+
+/// One captured frame borrowed from the reader's buffer: valid until the next call of
+/// [`PcapPackets::next_ref`]. [`PacketRef::to_packet`] makes an owned copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketRef<'a> {
+    /// Capture time, since the Unix epoch.
+    pub timestamp: Duration,
+    /// Link-layer type of `data`; `None` for link types the decoder does not support.
+    pub link: Option<LinkType>,
+    /// The captured bytes (possibly fewer than `original_len`: snapshot length).
+    pub data: &'a [u8],
+    /// Length of the frame on the wire.
+    pub original_len: u32,
+    /// pcapng interface id; 0 for classic pcap.
+    pub interface: u32,
+}
+
+impl PacketRef<'_> {
+    /// Copies the packet out of the reader's buffer.
+    pub fn to_packet(&self) -> Packet {
+        Packet {
+            timestamp: self.timestamp,
+            link: self.link,
+            data: self.data.to_vec(),
+            original_len: self.original_len,
+            interface: self.interface,
+        }
+    }
+}
+
+/// Reader of the packets of a pcap or pcapng file.
 ///
-/// After the first error the iterator ends (returns `None`).
+/// The file is read sequentially through one reusable buffer. [`PcapPackets::next_ref`]
+/// hands out each packet as a slice of that buffer (no allocation, no copy); the
+/// [`Iterator`] implementation yields owned [`Packet`]s. After the first error both end.
 pub struct PcapPackets {
     path: PathBuf,
-    source: Source,
+    input: Input,
+    format: Format,
     /// Packets yielded so far.
     count: u64,
     done: bool,
@@ -233,9 +380,9 @@ impl std::fmt::Debug for PcapPackets {
             .field("path", &self.path)
             .field(
                 "format",
-                &match self.source {
-                    Source::Pcap { .. } => "pcap",
-                    Source::PcapNg { .. } => "pcapng",
+                &match self.format {
+                    Format::Pcap(_) => "pcap",
+                    Format::PcapNg { .. } => "pcapng",
                 },
             )
             .field("count", &self.count)
@@ -247,42 +394,64 @@ impl std::fmt::Debug for PcapPackets {
 impl PcapPackets {
     /// Opens a pcap or pcapng file (told apart by its magic number) and reads its header.
     pub fn open(path: &Path) -> Result<PcapPackets, PcapError> {
-        let open = || {
-            File::open(path).map_err(|source| PcapError::Open {
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        let mut magic = [0u8; 4];
-        let mut file = open()?;
-        let got = read_up_to(&mut file, &mut magic).map_err(|source| PcapError::Read {
+        let file = File::open(path).map_err(|source| PcapError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut input = Input::new(file);
+        let read_err = |source| PcapError::Read {
             path: path.to_path_buf(),
             packet: 0,
             source,
-        })?;
-        drop(file);
-        if got < magic.len() {
+        };
+        input.fill(4).map_err(read_err)?;
+        let head = input.available();
+        let Some(&magic) = head.first_chunk::<4>() else {
             return Err(PcapError::NotPcap {
                 path: path.to_path_buf(),
-                what: format!("the file is only {got} bytes long"),
+                what: format!("the file is only {} bytes long", head.len()),
             });
-        }
-        let header_err = |e| PcapError::from_lib(path, 0, e);
-        let source = if magic == PCAPNG_MAGIC {
-            let reader = PcapNgReader::new(open()?).map_err(header_err)?;
-            Source::PcapNg {
-                reader: Box::new(reader),
+        };
+        let truncated = || PcapError::Truncated {
+            path: path.to_path_buf(),
+            packet: 0,
+        };
+        let format = if magic == PCAPNG_MAGIC {
+            // The Section Header Block: its length field's byte order is given by the
+            // byte-order magic that follows it.
+            if !input.fill(12).map_err(read_err)? {
+                return Err(truncated());
+            }
+            let len = ng_block_len(input.available(), Endianness::Big).unwrap_or(12);
+            if len > MAX_RECORD {
+                return Err(too_large(path, 0, len));
+            }
+            if !input.fill(len).map_err(read_err)? {
+                return Err(truncated());
+            }
+            let window = input.available();
+            let (rest, parser) =
+                PcapNgParser::new(window).map_err(|e| PcapError::from_lib(path, 0, e))?;
+            let used = window.len() - rest.len();
+            input.consume(used);
+            Format::PcapNg {
+                parser: Box::new(parser),
                 interfaces: Vec::new(),
                 last_timestamp: Duration::ZERO,
             }
         } else if PCAP_MAGICS.contains(&u32::from_be_bytes(magic)) {
-            let reader = PcapReader::new(open()?).map_err(header_err)?;
-            let header = reader.header();
-            Source::Pcap {
-                link: LinkType::from_pcap_linktype(u32::from(header.datalink)),
-                resolution: header.ts_resolution,
-                reader,
+            if !input.fill(24).map_err(read_err)? {
+                return Err(truncated());
             }
+            let be = u32::from_be_bytes(magic);
+            let mut format = PcapFormat {
+                big_endian: be == 0xa1b2_c3d4 || be == 0xa1b2_3c4d,
+                nanos: be == 0xa1b2_3c4d || be == 0x4d3c_b2a1,
+                link: None,
+            };
+            format.link = LinkType::from_pcap_linktype(format.u32_at(input.available(), 20));
+            input.consume(24);
+            Format::Pcap(format)
         } else {
             return Err(PcapError::NotPcap {
                 path: path.to_path_buf(),
@@ -294,7 +463,8 @@ impl PcapPackets {
         };
         Ok(PcapPackets {
             path: path.to_path_buf(),
-            source,
+            input,
+            format,
             count: 0,
             done: false,
         })
@@ -308,64 +478,144 @@ impl PcapPackets {
     /// Link type of a classic pcap file; `None` for pcapng (per interface, see
     /// [`Packet::link`]) and for unsupported link types.
     pub fn pcap_link(&self) -> Option<LinkType> {
-        match &self.source {
-            Source::Pcap { link, .. } => *link,
-            Source::PcapNg { .. } => None,
+        match &self.format {
+            Format::Pcap(f) => f.link,
+            Format::PcapNg { .. } => None,
         }
     }
 
-    fn next_packet(&mut self) -> Option<Result<Packet, PcapError>> {
+    /// Returns the next packet, borrowed from the reader's buffer; `None` at the end of the
+    /// file and after an error.
+    pub fn next_ref(&mut self) -> Option<Result<PacketRef<'_>, PcapError>> {
+        if self.done {
+            return None;
+        }
+        let located = match self.locate_next() {
+            Some(Ok(located)) => located,
+            Some(Err(e)) => {
+                self.done = true;
+                return Some(Err(e));
+            }
+            None => {
+                self.done = true;
+                return None;
+            }
+        };
+        self.count += 1;
+        let data = match located.data {
+            DataAt::Buffer { start, len } => self.input.buf.get(start..start + len),
+            DataAt::Scratch => Some(self.input.scratch.as_slice()),
+        };
+        Some(Ok(PacketRef {
+            timestamp: located.timestamp,
+            link: located.link,
+            data: data.unwrap_or_default(),
+            original_len: located.original_len,
+            interface: located.interface,
+        }))
+    }
+
+    /// Finds the next packet and consumes its record; the packet's bytes stay in the
+    /// buffer until the next call.
+    fn locate_next(&mut self) -> Option<Result<Located, PcapError>> {
         let number = self.count + 1;
         let path = &self.path;
-        match &mut self.source {
-            Source::Pcap {
-                reader,
-                link,
-                resolution,
-            } => {
-                let raw = match reader.next_raw_packet()? {
-                    Ok(raw) => raw,
-                    Err(e) => return Some(Err(PcapError::from_lib(path, number, e))),
-                };
-                let frac_nanos = match resolution {
-                    TsResolution::MicroSecond => u64::from(raw.ts_frac) * 1_000,
-                    TsResolution::NanoSecond => u64::from(raw.ts_frac),
+        let input = &mut self.input;
+        let read_err = |source| PcapError::Read {
+            path: path.clone(),
+            packet: number,
+            source,
+        };
+        let truncated = || PcapError::Truncated {
+            path: path.clone(),
+            packet: number,
+        };
+        match &mut self.format {
+            Format::Pcap(format) => {
+                match input.fill(16) {
+                    Ok(true) => {}
+                    Ok(false) if input.available().is_empty() => return None,
+                    Ok(false) => return Some(Err(truncated())),
+                    Err(e) => return Some(Err(read_err(e))),
+                }
+                let header = input.available();
+                let ts_sec = format.u32_at(header, 0);
+                let ts_frac = format.u32_at(header, 4);
+                let incl_len = format.u32_at(header, 8);
+                let orig_len = format.u32_at(header, 12);
+                let len = incl_len as usize;
+                if len > MAX_RECORD {
+                    return Some(Err(too_large(path, number, len)));
+                }
+                match input.fill(16 + len) {
+                    Ok(true) => {}
+                    Ok(false) => return Some(Err(truncated())),
+                    Err(e) => return Some(Err(read_err(e))),
+                }
+                let frac_nanos = if format.nanos {
+                    u64::from(ts_frac)
+                } else {
+                    u64::from(ts_frac) * 1_000
                 };
                 if frac_nanos >= 1_000_000_000 {
                     return Some(Err(PcapError::Malformed {
                         path: path.clone(),
                         packet: number,
-                        detail: format!("sub-second timestamp field {} is too large", raw.ts_frac),
+                        detail: format!("sub-second timestamp field {ts_frac} is too large"),
                     }));
                 }
-                let timestamp =
-                    Duration::from_secs(u64::from(raw.ts_sec)) + Duration::from_nanos(frac_nanos);
-                Some(Ok(Packet {
-                    timestamp,
-                    link: *link,
-                    original_len: raw.orig_len.max(raw.incl_len),
-                    data: raw.data.into_owned(),
+                let start = input.start + 16;
+                input.consume(16 + len);
+                Some(Ok(Located {
+                    // frac_nanos < 10^9: the nanoseconds fit in u32.
+                    timestamp: Duration::new(
+                        u64::from(ts_sec),
+                        u32::try_from(frac_nanos).unwrap_or(0),
+                    ),
+                    link: format.link,
+                    data: DataAt::Buffer { start, len },
+                    original_len: orig_len.max(incl_len),
                     interface: 0,
                 }))
             }
-            Source::PcapNg {
-                reader,
+            Format::PcapNg {
+                parser,
                 interfaces,
                 last_timestamp,
             } => loop {
-                // (interface, raw timestamp or None for a Simple Packet Block, data,
-                // original length)
-                let block = match reader.next_block()? {
-                    Ok(block) => block,
+                match input.fill(12) {
+                    Ok(true) => {}
+                    Ok(false) if input.available().is_empty() => return None,
+                    Ok(false) => return Some(Err(truncated())),
+                    Err(e) => return Some(Err(read_err(e))),
+                }
+                let len =
+                    ng_block_len(input.available(), parser.section().endianness).unwrap_or(12);
+                if len > MAX_RECORD {
+                    return Some(Err(too_large(path, number, len)));
+                }
+                match input.fill(len) {
+                    Ok(true) => {}
+                    Ok(false) => return Some(Err(truncated())),
+                    Err(e) => return Some(Err(read_err(e))),
+                }
+                let window = &input.buf[input.start..input.end];
+                let (rest, block) = match parser.next_block(window) {
+                    Ok(parsed) => parsed,
                     Err(e) => return Some(Err(PcapError::from_lib(path, number, e))),
                 };
+                let next_start = input.start + (window.len() - rest.len());
+                // (interface, raw timestamp or None for a Simple Packet Block, data,
+                // original length)
                 let (interface, raw_ts, data, original_len) = match block {
                     Block::SectionHeader(_) => {
                         interfaces.clear();
+                        input.start = next_start;
                         continue;
                     }
                     Block::InterfaceDescription(idb) => {
                         interfaces.push(NgInterface::from_block(&idb));
+                        input.start = next_start;
                         continue;
                     }
                     Block::EnhancedPacket(epb) => {
@@ -373,21 +623,19 @@ impl PcapPackets {
                         // nanoseconds; take the raw value back and apply the interface's
                         // resolution below.
                         let raw = u64::try_from(epb.timestamp.as_nanos()).unwrap_or(u64::MAX);
-                        (
-                            epb.interface_id,
-                            Some(raw),
-                            epb.data.into_owned(),
-                            epb.original_len,
-                        )
+                        (epb.interface_id, Some(raw), epb.data, epb.original_len)
                     }
                     Block::Packet(pb) => (
                         u32::from(pb.interface_id),
                         Some(pb.timestamp),
-                        pb.data.into_owned(),
+                        pb.data,
                         pb.original_len,
                     ),
-                    Block::SimplePacket(spb) => (0, None, spb.data.into_owned(), spb.original_len),
-                    _ => continue,
+                    Block::SimplePacket(spb) => (0, None, spb.data, spb.original_len),
+                    _ => {
+                        input.start = next_start;
+                        continue;
+                    }
                 };
                 let Some(iface) = interfaces.get(interface as usize) else {
                     return Some(Err(PcapError::Malformed {
@@ -399,23 +647,37 @@ impl PcapPackets {
                         ),
                     }));
                 };
-                let mut data = data;
+                let mut len = data.len();
                 if raw_ts.is_none() {
                     // A Simple Packet Block's data is padded to 4 bytes and cut at the
                     // interface's snapshot length.
-                    let mut len = data.len().min(original_len as usize);
+                    len = len.min(original_len as usize);
                     if iface.snaplen != 0 {
                         len = len.min(iface.snaplen as usize);
                     }
-                    data.truncate(len);
                 }
+                let at = match data {
+                    Cow::Borrowed(d) => {
+                        // The block borrows the read buffer: locate its data there.
+                        let offset =
+                            (d.as_ptr() as usize).wrapping_sub(input.buf.as_ptr() as usize);
+                        DataAt::Buffer { start: offset, len }
+                    }
+                    Cow::Owned(mut d) => {
+                        d.truncate(len);
+                        input.scratch = d;
+                        DataAt::Scratch
+                    }
+                };
                 let timestamp = raw_ts.map_or(*last_timestamp, |raw| iface.timestamp(raw));
                 *last_timestamp = timestamp;
-                let captured = u32::try_from(data.len()).unwrap_or(u32::MAX);
-                return Some(Ok(Packet {
+                let link = iface.link;
+                input.start = next_start;
+                let captured = u32::try_from(len).unwrap_or(u32::MAX);
+                return Some(Ok(Located {
                     timestamp,
-                    link: iface.link,
-                    data,
+                    link,
+                    data: at,
                     original_len: original_len.max(captured),
                     interface,
                 }));
@@ -428,32 +690,40 @@ impl Iterator for PcapPackets {
     type Item = Result<Packet, PcapError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let item = self.next_packet();
-        match &item {
-            Some(Ok(_)) => self.count += 1,
-            Some(Err(_)) | None => self.done = true,
-        }
-        item
+        self.next_ref().map(|r| r.map(|p| p.to_packet()))
     }
 }
 
 impl std::iter::FusedIterator for PcapPackets {}
 
-/// Reads into `buf` until it is full or the reader is at its end; returns the bytes read.
-fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// The error for a record whose length field exceeds [`MAX_RECORD`].
+fn too_large(path: &Path, packet: u64, len: usize) -> PcapError {
+    PcapError::Malformed {
+        path: path.to_path_buf(),
+        packet,
+        detail: format!("record of {len} bytes exceeds the {MAX_RECORD}-byte limit"),
     }
-    Ok(filled)
+}
+
+/// Total length of the pcapng block at the start of `bytes` (its header's length field, in
+/// the section's byte order; a Section Header Block says its own order), or `None` when
+/// `bytes` is shorter than a block header.
+fn ng_block_len(bytes: &[u8], section: Endianness) -> Option<usize> {
+    let word = |at: usize, big: bool| -> Option<u32> {
+        let b: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+        Some(if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
+    };
+    let big = if word(0, true)? == NG_SECTION_HEADER {
+        // Byte-order magic 0x1A2B3C4D as written by the section's writer.
+        word(8, true)? == 0x1a2b_3c4d
+    } else {
+        section == Endianness::Big
+    };
+    usize::try_from(word(4, big)?).ok()
 }
 
 /// Timestamp resolution of a pcap file written by [`PcapWriter`].
@@ -873,5 +1143,132 @@ mod tests {
         assert_eq!(ticks_to_duration(u64::MAX, 0x80 | 127), Duration::ZERO);
         assert_eq!(ticks_to_duration(u64::MAX, 127), Duration::ZERO);
         assert_eq!(ticks_to_duration(7, 0), Duration::from_secs(7));
+    }
+
+    #[test]
+    fn packets_straddling_buffer_refills_are_read_whole() {
+        // Many packets of varied sizes, one larger than the read buffer: records cross
+        // every refill boundary, and the buffer has to grow once.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.pcap");
+        let sizes: Vec<usize> = (0..3000)
+            .map(|i| {
+                if i == 1500 {
+                    WRITER_SNAPLEN as usize
+                } else {
+                    60 + (i * 7919) % 1455
+                }
+            })
+            .collect();
+        let mut w = PcapWriter::create(&path).unwrap();
+        for (i, &len) in sizes.iter().enumerate() {
+            w.write(
+                Duration::new(1_700_000_000 + i as u64, i as u32),
+                &frame(i as u8, len),
+            )
+            .unwrap();
+        }
+        w.finish().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 4 * READ_CHUNK as u64);
+
+        let mut r = PcapPackets::open(&path).unwrap();
+        let mut n = 0;
+        while let Some(p) = r.next_ref() {
+            let p = p.unwrap();
+            assert_eq!(p.data, frame(n as u8, sizes[n]).as_slice(), "packet {n}");
+            assert_eq!(p.original_len as usize, sizes[n]);
+            assert_eq!(
+                p.timestamp,
+                Duration::new(1_700_000_000 + n as u64, n as u32)
+            );
+            n += 1;
+        }
+        assert_eq!(n, sizes.len());
+        assert!(r.next_ref().is_none());
+        // The owning iterator sees the same packets.
+        let owned: Vec<Packet> = PcapPackets::open(&path)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(owned.len(), sizes.len());
+        assert_eq!(owned[1500].data.len(), WRITER_SNAPLEN as usize);
+    }
+
+    #[test]
+    fn big_endian_pcap() {
+        // A nanosecond pcap written on a big-endian machine: header and records in network
+        // byte order.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("be.pcap");
+        let mut bytes = Vec::new();
+        for v in [0xa1b2_3c4d_u32, 0x0002_0004, 0, 0, 65535, 1] {
+            bytes.extend_from_slice(&v.to_be_bytes());
+        }
+        for (i, len) in [(0u32, 60u32), (1, 70)] {
+            for v in [1_700_000_000 + i, 999_999_999, len, len + 100] {
+                bytes.extend_from_slice(&v.to_be_bytes());
+            }
+            bytes.extend_from_slice(&frame(i as u8, len as usize));
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let r = PcapPackets::open(&path).unwrap();
+        assert_eq!(r.pcap_link(), Some(LinkType::Ethernet));
+        let p: Vec<Packet> = r.collect::<Result<_, _>>().unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[1].timestamp, Duration::new(1_700_000_001, 999_999_999));
+        assert_eq!(p[1].data, frame(1, 70));
+        assert_eq!(p[1].original_len, 170);
+    }
+
+    #[test]
+    fn absurd_record_length_is_malformed_not_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.pcap");
+        let mut w = PcapWriter::create(&path).unwrap();
+        w.write(Duration::from_secs(1), &frame(0, 60)).unwrap();
+        w.finish().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        // A second record claiming 3 GB of data.
+        for v in [2u32, 0, 3_000_000_000, 3_000_000_000] {
+            bytes.extend_from_slice(&v.to_ne_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let results: Vec<_> = PcapPackets::open(&path).unwrap().collect();
+        assert_eq!(results.len(), 2);
+        let err = results[1].as_ref().unwrap_err();
+        assert!(
+            matches!(err, PcapError::Malformed { packet: 2, .. })
+                && err.to_string().contains("exceeds"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pcapng_blocks_straddling_buffer_refills() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("many.pcapng");
+        let frames: Vec<Vec<u8>> = (0..2000)
+            .map(|i| frame(i as u8, 60 + (i * 31) % 1400))
+            .collect();
+        {
+            let file = File::create(&path).unwrap();
+            let mut w = PcapNgWriter::with_endianness(file, Endianness::Big).unwrap();
+            w.write_block(&idb(1, vec![InterfaceDescriptionOption::IfTsResol(9)]))
+                .unwrap();
+            for (i, f) in frames.iter().enumerate() {
+                w.write_block(&epb(0, 1_700_000_000_000_000_000 + i as u64, f))
+                    .unwrap();
+            }
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() > 4 * READ_CHUNK as u64);
+        let mut r = PcapPackets::open(&path).unwrap();
+        let mut n = 0;
+        while let Some(p) = r.next_ref() {
+            let p = p.unwrap();
+            assert_eq!(p.data, frames[n].as_slice(), "packet {n}");
+            assert_eq!(p.timestamp, Duration::new(1_700_000_000, n as u32));
+            n += 1;
+        }
+        assert_eq!(n, frames.len());
     }
 }

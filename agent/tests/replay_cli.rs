@@ -156,13 +156,28 @@ fn usage_errors_are_clear() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // Standalone output (no --stdout) into a directory that cannot be made: the sink's
+    // startup check fails before anything is read, naming the path.
+    let unwritable = dir.path().join("unwritable.toml");
+    std::fs::write(
+        &unwritable,
+        format!(
+            "{}\n[sink]\npath = \"/proc/flowlog-test/out\"\n[state]\ndir = \"{}\"\n",
+            std::fs::read_to_string(&cfg).unwrap(),
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
     let out = Command::new(BIN)
         .arg("--config")
-        .arg(&cfg)
+        .arg(&unwritable)
+        .arg("--replay")
+        .arg(dir.path().join("missing.pcap"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("use --stdout"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/proc/flowlog-test/out"), "{err}");
     let bad = dir.path().join("bad.toml");
     std::fs::write(
         &bad,
