@@ -24,40 +24,17 @@ use flowlog_agent::config::default_interface_id;
 use flowlog_formats::text::TextReader;
 use flowlog_formats::{FlowDirection, FlowRecord, LogStatus};
 
+mod common;
+
+use common::{run, sh};
+
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");
 
 const LOG_FORMAT: &str = "${version} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} ${protocol} ${packets} ${bytes} ${start} ${end} ${tcp-flags} ${flow-direction} ${action} ${log-status}";
 
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn sh(args: &[&str]) {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// True if the test can run; otherwise fails under CI=true, or prints why and skips.
 fn can_run() -> bool {
-    let root = run(&["id", "-u"]).stdout == b"0\n";
-    let tools = Command::new("ip").arg("-V").output().is_ok()
-        && Command::new("ping").arg("-V").output().is_ok();
-    if root && tools {
-        return true;
-    }
-    let why = format!(
-        "live capture tests need root, `ip` and `ping` (root: {root}, tools: {tools}); run scripts/setup-test-env.sh as root"
-    );
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-    eprintln!("SKIPPING: {why}");
-    false
+    common::live_test_can_run("live capture tests", &[("ip", "-V"), ("ping", "-V")])
 }
 
 /// A namespace `A` for the agent, with veth pairs to the test's namespace. Dropping it

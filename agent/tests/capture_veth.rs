@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 use flowlog_formats::text::TextReader;
 use flowlog_formats::{FlowDirection, FlowRecord, LogStatus};
 
+mod common;
+
+use common::sh;
+
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");
 
 /// (interface id, direction, srcaddr, dstaddr, srcport, dstport, protocol).
@@ -29,18 +33,6 @@ type FlowKey = (
 /// (packets, bytes, OR of tcp-flags).
 type Totals = (u64, u64, u16);
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A namespace with two veth pairs: `traffic` (addresses .1 here, .2 there) and `idle`.
 struct TestNet {
     ns: String,
@@ -51,19 +43,7 @@ struct TestNet {
 
 impl TestNet {
     fn create() -> Option<TestNet> {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false);
-        let tools = Command::new("ip").arg("-V").output().is_ok()
-            && Command::new("ping").arg("-V").output().is_ok();
-        if !root || !tools {
-            let why = format!(
-                "live capture test needs root, `ip` and `ping` (root: {root}, tools: {tools}); run scripts/setup-test-env.sh as root"
-            );
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("SKIPPING: {why}");
+        if !common::live_test_can_run("the live capture test", &[("ip", "-V"), ("ping", "-V")]) {
             return None;
         }
         let id = std::process::id() % 10_000;

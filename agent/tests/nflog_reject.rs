@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 use flowlog_formats::text::TextReader;
 use flowlog_formats::{Action, FlowDirection, FlowRecord, LogStatus};
 
+mod common;
+
+use common::sh;
+
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");
 const ENI: &str = "eni-0000000000000000c";
 
@@ -44,18 +48,6 @@ fn cannot_run(why: &str) {
     eprintln!("SKIPPING: {why}");
 }
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A namespace holding one end of a veth pair (`inside`, address .2) whose other end
 /// (`outside`, .1) stays here, and an nftables table that logs to `group` and drops.
 struct TestNet {
@@ -68,17 +60,10 @@ struct TestNet {
 
 impl TestNet {
     fn create() -> Option<TestNet> {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false);
-        let works = |tool: &str, arg: &str| Command::new(tool).arg(arg).output().is_ok();
-        let tools = works("ip", "-V") && works("ping", "-V") && works("nft", "--version");
-        if !root || !tools {
-            cannot_run(&format!(
-                "firewall test needs root, `ip`, `ping` and `nft` (root: {root}, tools: {tools}); run scripts/setup-test-env.sh as root"
-            ));
+        if !common::live_test_can_run(
+            "the firewall test",
+            &[("ip", "-V"), ("ping", "-V"), ("nft", "--version")],
+        ) {
             return None;
         }
         let id = std::process::id() % 10_000;

@@ -18,6 +18,10 @@ use flowlog_formats::input::RecordSource;
 use flowlog_formats::text::TextReader;
 use flowlog_formats::{FlowRecord, LogFormat, LogStatus};
 
+mod common;
+
+use common::sh;
+
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");
 const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
 const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x01];
@@ -269,18 +273,6 @@ fn http_get(port: u16, path: &str) -> String {
 // Live: a veth pair, a ping, SIGINT.
 // ---------------------------------------------------------------------------------------
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 struct Veth {
     ns: String,
     here: String,
@@ -289,19 +281,7 @@ struct Veth {
 
 impl Veth {
     fn create() -> Option<Veth> {
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false);
-        let tools = Command::new("ip").arg("-V").output().is_ok()
-            && Command::new("ping").arg("-V").output().is_ok();
-        if !root || !tools {
-            let why = format!(
-                "live standalone test needs root, `ip` and `ping` (root: {root}, tools: {tools}); run scripts/setup-test-env.sh as root"
-            );
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("SKIPPING: {why}");
+        if !common::live_test_can_run("the live standalone test", &[("ip", "-V"), ("ping", "-V")]) {
             return None;
         }
         let id = std::process::id() % 10_000;
