@@ -169,6 +169,7 @@ pub struct InterfaceStats {
     skipped: [AtomicU64; SkipReason::ALL.len()],
     kernel_drops: AtomicU64,
     queue_dropped_records: AtomicU64,
+    table_full: AtomicU64,
     live_flows: AtomicU64,
     threads: AtomicU64,
 }
@@ -188,6 +189,9 @@ pub struct InterfaceCounters {
     /// Records dropped because the output channel stayed full (their packets are
     /// reported as SKIPDATA).
     pub queue_dropped_records: u64,
+    /// Packets not counted on a flow because the flow table was full (`max_flows`; they
+    /// are reported as SKIPDATA).
+    pub table_full: u64,
     /// Flows in the open intervals of the interface's flow tables.
     pub live_flows: u64,
     /// Capture threads running on the interface.
@@ -208,6 +212,7 @@ impl InterfaceStats {
                 .collect(),
             kernel_drops: get(&self.kernel_drops),
             queue_dropped_records: get(&self.queue_dropped_records),
+            table_full: get(&self.table_full),
             live_flows: get(&self.live_flows),
             threads: get(&self.threads),
         }
@@ -829,6 +834,7 @@ fn launch_interface(shared: &Arc<Shared>, prepared: Prepared) {
             local: LocalCounts::default(),
             totals: LocalCounts::default(),
             published_flows: 0,
+            published_table_full: 0,
             kernel_queued: 0,
             down: false,
             errors: 0,
@@ -997,6 +1003,8 @@ struct Worker {
     /// Counts since the thread started (for its last log line).
     totals: LocalCounts,
     published_flows: u64,
+    /// The flow table's table-full count already added to the shared counters.
+    published_table_full: u64,
     /// Frames the kernel queued on the socket since it was opened (`PACKET_STATISTICS`).
     kernel_queued: u64,
     /// The interface is down (the socket reported ENETDOWN).
@@ -1214,6 +1222,12 @@ impl Worker {
         self.totals.packets += l.packets;
         self.totals.kernel_drops += l.kernel_drops;
         self.totals.queue_dropped_records += l.queue_dropped_records;
+        let table_full = self.table.table_full_packets();
+        add(
+            &self.stats.table_full,
+            table_full.saturating_sub(self.published_table_full),
+        );
+        self.published_table_full = table_full;
         let flows = self.table.live_flows() as u64;
         if flows != self.published_flows {
             // Wrapping add of the signed difference.

@@ -535,6 +535,8 @@ pub struct FlowTable {
     pending: Vec<FlowRecord>,
     /// Hashes flow keys for every interval's [`FlowMap`].
     hasher: FlowHasher,
+    /// Packets not counted since the table was made because `max_flows` was reached.
+    table_full: u64,
 }
 
 impl FlowTable {
@@ -551,6 +553,7 @@ impl FlowTable {
             fragments: FragmentCache::default(),
             pending: Vec::new(),
             hasher: FlowHasher::default(),
+            table_full: 0,
         }
     }
 
@@ -565,6 +568,13 @@ impl FlowTable {
     /// The interface this table records.
     pub fn info(&self) -> &InterfaceInfo {
         &self.info
+    }
+
+    /// Packets not counted on any flow since the table was made because `max_flows` flows
+    /// were already tracked in their interval (each interval with such packets has a
+    /// SKIPDATA record).
+    pub fn table_full_packets(&self) -> u64 {
+        self.table_full
     }
 
     /// Flows in the open interval.
@@ -670,6 +680,7 @@ impl FlowTable {
             );
         } else {
             cur.skipped = cur.skipped.saturating_add(1);
+            self.table_full = self.table_full.saturating_add(1);
         }
     }
 
@@ -1750,6 +1761,12 @@ mod tests {
                 t.observe(&many_flows_packet(i, false), at(T0 + 2), &mut out);
             }
             assert_eq!(t.live_flows(), max_flows.min(20), "max_flows {max_flows}");
+            // Every packet of the flows beyond the limit is counted as table-full.
+            assert_eq!(
+                t.table_full_packets(),
+                2 * (20 - max_flows.min(20)) as u64,
+                "max_flows {max_flows}"
+            );
             t.close_due(at(T0 + 60), &mut out);
             let ok = ok_records(&out);
             assert_eq!(ok.len(), max_flows.min(20));

@@ -28,7 +28,7 @@ pub struct InterfaceLabels {
 pub struct SkipLabels {
     /// OS interface name.
     pub interface: String,
-    /// Why the packet was not counted on a flow (`not_ip`, `truncated`, …).
+    /// Why the packet was not counted on a flow (`not_ip`, `truncated`, `table_full`, …).
     pub reason: &'static str,
 }
 
@@ -135,12 +135,17 @@ impl Collector for LiveCollector {
             MetricType::Counter,
         )?;
         for (interface, counters) in &interfaces {
-            for (reason, n) in &counters.skipped {
+            let reasons = counters
+                .skipped
+                .iter()
+                .map(|(reason, n)| (reason.as_str(), *n))
+                .chain([("table_full", counters.table_full)]);
+            for (reason, n) in reasons {
                 let labels = SkipLabels {
                     interface: interface.clone(),
-                    reason: reason.as_str(),
+                    reason,
                 };
-                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
             }
         }
         let c = &crate::nflog::COUNTERS;

@@ -411,6 +411,7 @@ fn live_capture_sigint_seals_and_writes_the_open_window() {
         "flowlog_agent_flows_live{",
         "flowlog_agent_kernel_drops_total{",
         "flowlog_agent_skipped_packets_total{",
+        "reason=\"table_full\"} 0",
         "flowlog_agent_records_total{log_status=\"NODATA\"} 0",
         "flowlog_records_in_total",
     ] {
