@@ -899,14 +899,26 @@ pub fn start(
         running: Mutex::new(HashMap::new()),
         rejects,
     });
-    let prepared = select_interfaces(settings)?
+    let rescans = settings.interfaces.is_empty() && !settings.capture.rescan_interval.is_zero();
+    let selected = match select_interfaces(settings) {
+        // Nothing to capture yet, but interfaces that come up are picked up: wait for them.
+        Err(CaptureError::NoInterfaces) if rescans => {
+            eprintln!(
+                "capture: no up, non-loopback interface yet; looking again every {}",
+                humantime::format_duration(settings.capture.rescan_interval)
+            );
+            Vec::new()
+        }
+        other => other?,
+    };
+    let prepared = selected
         .iter()
         .map(|(iface, s)| prepare_interface(&shared, iface, s))
         .collect::<Result<Vec<_>, _>>()?;
     for p in prepared {
         launch_interface(&shared, p);
     }
-    let rescan = if settings.interfaces.is_empty() && !settings.capture.rescan_interval.is_zero() {
+    let rescan = if rescans {
         let shared = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("capture-rescan".into())

@@ -389,6 +389,34 @@ fn send_traffic(link: &Link) {
 }
 
 #[test]
+fn with_no_interface_yet_the_agent_waits_for_one() {
+    if !can_run() {
+        return;
+    }
+    // The namespace has only `lo`: nothing to capture at startup.
+    let net = TestNet::create('w');
+    let cfg = config(&[], "[capture]\nrescan_interval = \"1s\"\n");
+    let mut agent = Agent::start(&net, cfg);
+    agent.wait_for("capture: no up, non-loopback interface yet; looking again every 1s");
+    let link = net.link('w', Some((net.id % 40 * 6 + 5) as u8));
+    agent.wait_for(&format!("capture: started on {} ", link.inside));
+    let there = link.inside_addr.unwrap().to_string();
+    sh(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &there]);
+    let (records, stderr) = agent.stop();
+    let eni = default_interface_id(&link.inside);
+    let echo_requests: u64 = records
+        .iter()
+        .filter(|r| {
+            r.interface_id.as_deref() == Some(eni.as_str())
+                && r.protocol == Some(1)
+                && r.flow_direction == Some(FlowDirection::Ingress)
+        })
+        .filter_map(|r| r.packets)
+        .sum();
+    assert_eq!(echo_requests, 2, "{records:#?}\n{stderr}");
+}
+
+#[test]
 fn an_interface_that_appears_is_captured_and_one_that_disappears_ends_its_thread() {
     if !can_run() {
         return;
@@ -400,7 +428,7 @@ fn an_interface_that_appears_is_captured_and_one_that_disappears_ends_its_thread
     agent.wait_for(&format!("capture: started on {} ", first.inside));
 
     // A pair created while the agent runs is captured by the next rescan.
-    let late = net.link('l', Some((net.id % 50 * 5) as u8));
+    let late = net.link('l', Some((net.id % 40 * 6) as u8));
     agent.wait_for(&format!("capture: started on {} ", late.inside));
     let there = late.inside_addr.unwrap().to_string();
     sh(&["ping", "-c", "3", "-i", "0.2", "-W", "1", &there]);
@@ -455,7 +483,7 @@ fn two_fanout_threads_give_the_same_records_as_one() {
         return;
     }
     let net = TestNet::create('f');
-    let traffic = net.link('t', Some((net.id % 50 * 5 + 1) as u8));
+    let traffic = net.link('t', Some((net.id % 40 * 6 + 1) as u8));
     let idle = net.link('i', None);
     let mut runs = Vec::new();
     for threads in [1, 2] {
@@ -541,7 +569,7 @@ fn kernel_drops_become_skipdata() {
         return;
     }
     let net = TestNet::create('d');
-    let link = net.link('d', Some((net.id % 50 * 5 + 2) as u8));
+    let link = net.link('d', Some((net.id % 40 * 6 + 2) as u8));
     // The smallest socket buffer holds a handful of frames.
     let cfg = config(&[&link.inside], "[capture]\nsocket_buffer = \"4KiB\"\n");
     let mut agent = Agent::start(&net, cfg);
@@ -596,7 +624,7 @@ fn promiscuous_mode_is_on_only_while_capturing_and_only_when_configured() {
         return;
     }
     let net = TestNet::create('p');
-    let link = net.link('p', Some((net.id % 50 * 5 + 3) as u8));
+    let link = net.link('p', Some((net.id % 40 * 6 + 3) as u8));
     const IFF_PROMISC: u32 = 0x100;
     for (promiscuous, threads) in [(false, 1), (true, 2)] {
         let cfg = config(
@@ -635,7 +663,7 @@ fn a_full_output_queue_becomes_skipdata_and_counters_move() {
         return;
     }
     let net = TestNet::create('q');
-    let link = net.link('q', Some((net.id % 50 * 5 + 4) as u8));
+    let link = net.link('q', Some((net.id % 40 * 6 + 4) as u8));
     // Capture in this process, on this side of the pair, with 1-second intervals and a
     // queue nobody reads at first.
     let text = format!(
