@@ -326,6 +326,31 @@ impl IpPrefixMap {
 }
 
 /// Parses a CIDR written with its `/len`; refuses host bits (`10.0.1.5/24`).
+/// Validates a required CIDR that may appear only once in its list (`seen`); reports a
+/// problem under `key` and returns `None` otherwise.
+fn unique_cidr(
+    key: &str,
+    text: Option<&str>,
+    seen: &mut HashSet<IpNetwork>,
+    add: &mut dyn FnMut(&str, String),
+) -> Option<IpNetwork> {
+    match text.map(parse_cidr) {
+        None => {
+            add(key, "is required".into());
+            None
+        }
+        Some(Err(problem)) => {
+            add(key, problem);
+            None
+        }
+        Some(Ok(n)) if !seen.insert(n) => {
+            add(key, format!("{n} is listed twice"));
+            None
+        }
+        Some(Ok(n)) => Some(n),
+    }
+}
+
 fn parse_cidr(text: &str) -> Result<IpNetwork, String> {
     let network: IpNetwork = text
         .contains('/')
@@ -893,21 +918,7 @@ impl MetadataSettings {
         for (i, s) in raw.subnet.iter().enumerate() {
             let at = format!("metadata.subnet[{i}].");
             let key = |k: &str| format!("{at}{k}");
-            let cidr = match s.cidr.as_deref().map(parse_cidr) {
-                None => {
-                    add(&key("cidr"), "is required".into());
-                    None
-                }
-                Some(Err(problem)) => {
-                    add(&key("cidr"), problem);
-                    None
-                }
-                Some(Ok(n)) if !cidrs.insert(n) => {
-                    add(&key("cidr"), format!("{n} is listed twice"));
-                    None
-                }
-                Some(Ok(n)) => Some(n),
-            };
+            let cidr = unique_cidr(&key("cidr"), s.cidr.as_deref(), &mut cidrs, add);
             if s.subnet_id.is_none() {
                 add(&key("subnet_id"), "is required".into());
             }
@@ -947,21 +958,7 @@ impl MetadataSettings {
         let mut cidrs = HashSet::new();
         for (i, t) in raw.traffic_path.iter().enumerate() {
             let key = |k: &str| format!("metadata.traffic_path[{i}].{k}");
-            let cidr = match t.cidr.as_deref().map(parse_cidr) {
-                None => {
-                    add(&key("cidr"), "is required".into());
-                    None
-                }
-                Some(Err(problem)) => {
-                    add(&key("cidr"), problem);
-                    None
-                }
-                Some(Ok(n)) if !cidrs.insert(n) => {
-                    add(&key("cidr"), format!("{n} is listed twice"));
-                    None
-                }
-                Some(Ok(n)) => Some(n),
-            };
+            let cidr = unique_cidr(&key("cidr"), t.cidr.as_deref(), &mut cidrs, add);
             let path = match t.path {
                 None => {
                     add(&key("path"), "is required".into());
