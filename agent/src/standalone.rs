@@ -97,15 +97,13 @@ impl Publisher {
         let cancel = CancellationToken::new();
         let metrics = Metrics::new_with(register);
         let sink = runtime.block_on(sink::connect(&publish))?;
-        if let Some(address) = &publish.service.metrics_address {
-            let listener = runtime.block_on(telemetry::bind_http(address))?;
-            runtime.spawn(telemetry::serve_http(
-                listener,
-                Arc::clone(&metrics),
-                health.clone(),
-                cancel.clone(),
-            ));
-        }
+        telemetry::start_http(
+            &runtime,
+            publish.service.metrics_address.as_deref(),
+            &metrics,
+            &health,
+            &cancel,
+        )?;
         let pipeline = Pipeline::start(
             &publish,
             Arc::clone(&sink),

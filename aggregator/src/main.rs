@@ -201,15 +201,13 @@ fn import_main(
     let metrics = Metrics::new();
     let health = telemetry::Health::default();
     let sink = runtime.block_on(flowlog_aggregator::sink::connect(settings))?;
-    if let Some(address) = &settings.service.metrics_address {
-        let listener = runtime.block_on(telemetry::bind_http(address))?;
-        runtime.spawn(telemetry::serve_http(
-            listener,
-            Arc::clone(&metrics),
-            health.clone(),
-            cancel.clone(),
-        ));
-    }
+    telemetry::start_http(
+        &runtime,
+        settings.service.metrics_address.as_deref(),
+        &metrics,
+        &health,
+        &cancel,
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);

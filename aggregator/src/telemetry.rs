@@ -530,6 +530,27 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
 }
 
+/// Starts the `/metrics` and `/healthz` endpoint on `runtime` when `address` is set: binds
+/// now (so a bad or busy address fails at startup), then serves until `cancel` fires.
+pub fn start_http(
+    runtime: &tokio::runtime::Runtime,
+    address: Option<&str>,
+    metrics: &Arc<Metrics>,
+    health: &Health,
+    cancel: &CancellationToken,
+) -> Result<(), TelemetryError> {
+    if let Some(address) = address {
+        let listener = runtime.block_on(bind_http(address))?;
+        runtime.spawn(serve_http(
+            listener,
+            Arc::clone(metrics),
+            health.clone(),
+            cancel.clone(),
+        ));
+    }
+    Ok(())
+}
+
 /// Binds the metrics endpoint's listener to `addr` (such as `127.0.0.1:9464`).
 pub async fn bind_http(addr: &str) -> Result<TcpListener, TelemetryError> {
     TcpListener::bind(addr)
