@@ -77,13 +77,13 @@ enum Output {
 }
 
 impl Output {
-    fn write(&mut self, record: &FlowRecord) -> Result<(), String> {
+    fn write(&mut self, record: FlowRecord) -> Result<(), String> {
         match self {
             Output::Stdout(w) => w
-                .write_record(record)
+                .write_record(&record)
                 .map_err(|e| format!("writing to stdout failed: {e}")),
             #[cfg(feature = "standalone")]
-            Output::Files(p) => p.push(record.clone()).map_err(|e| error_chain(&e)),
+            Output::Files(p) => p.push(record).map_err(|e| error_chain(&e)),
         }
     }
 
@@ -209,7 +209,7 @@ fn run_replay(
 ) -> ExitCode {
     let mut failure: Option<String> = None;
     let result = replay(settings, path, &mut |r| {
-        metrics.observe_record(r);
+        metrics.observe_record(&r);
         output.write(r).map_err(|e| {
             failure = Some(e.clone());
             std::io::Error::other(e)

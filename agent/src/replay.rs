@@ -59,7 +59,7 @@ pub fn prepare(settings: &AgentSettings, record: &mut FlowRecord) -> bool {
 pub fn replay(
     settings: &AgentSettings,
     path: &Path,
-    emit: &mut dyn FnMut(&FlowRecord) -> io::Result<()>,
+    emit: &mut dyn FnMut(FlowRecord) -> io::Result<()>,
 ) -> Result<ReplayStats, ReplayError> {
     let interfaces: Vec<InterfaceInfo> = settings
         .interfaces
@@ -89,7 +89,7 @@ pub fn replay(
                 if !prepare(settings, &mut r) {
                     continue;
                 }
-                emit(&r).map_err(ReplayError::Output)?;
+                emit(r).map_err(ReplayError::Output)?;
                 stats.records += 1;
             }
             Ok(())
@@ -285,7 +285,7 @@ mod tests {
 
         let mut got = Vec::new();
         let stats = replay(&settings, &pcap, &mut |r| {
-            got.push(r.clone());
+            got.push(r);
             Ok(())
         })
         .unwrap();

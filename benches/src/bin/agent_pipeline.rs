@@ -133,7 +133,7 @@ fn run(config_path: &Path, file: &Path, runs: usize) -> Result<(), Box<dyn std::
             BufWriter::with_capacity(64 * 1024, std::io::sink()),
             settings.log_format.clone(),
         )?;
-        let stats = replay(&settings, file, &mut |r| writer.write_record(r))?;
+        let stats = replay(&settings, file, &mut |r| writer.write_record(&r))?;
         writer.finish()?;
         Ok(stats.packets)
     })?;
