@@ -209,6 +209,16 @@ fn run_agent(
         ),
     )
     .unwrap();
+    // Keep each run (about 3.5 s) inside one 60 s interval, so that where the clock falls
+    // cannot split a flow or its NFLOG events across intervals.
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if into_minute >= 50 {
+        std::thread::sleep(Duration::from_secs(61 - into_minute));
+    }
     let mut agent = Command::new("ip")
         .args(["netns", "exec", &net.ns, BIN, "--stdout", "--config"])
         .arg(&config)
