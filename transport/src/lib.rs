@@ -1,0 +1,314 @@
+//! The flowlog agent → aggregator protocol (`proto/flowlog/ingest/v1/ingest.proto`).
+//!
+//! - [`pb`]: the generated messages, client and server of the `Ingest` service;
+//! - [`encode_batch`] / [`decode_batch`]: [`FlowRecord`]s to and from a [`pb::RecordBatch`],
+//!   whose text values travel once per batch in a string table;
+//! - the names and limits both sides agree on.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use flowlog_formats::{Action, FlowDirection, FlowRecord, LogStatus, Text, TrafficType};
+
+/// Generated code of `flowlog.ingest.v1`.
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    clippy::all,
+    clippy::pedantic
+)]
+pub mod pb {
+    tonic::include_proto!("flowlog.ingest.v1");
+}
+
+/// Metadata key of the bearer token (`authorization: Bearer <token>`).
+pub const AUTHORIZATION: &str = "authorization";
+
+/// Largest encoded message either side accepts (before decompression limits apply).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most records one batch may hold.
+pub const MAX_BATCH_RECORDS: usize = 1_000_000;
+
+/// A batch that cannot be turned into records. Names the record and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    /// A field of one record is out of range.
+    #[error("record {record}, field '{field}': {problem}")]
+    Field {
+        /// Index of the record within the batch.
+        record: usize,
+        /// Flow log name of the field.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The batch holds more records than allowed.
+    #[error("the batch holds {records} records; at most {max} are allowed")]
+    TooManyRecords {
+        /// Records in the batch.
+        records: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+macro_rules! record_fields {
+    (
+        text: $($t:ident = $tn:literal),* ;
+        ip: $($i:ident = $in_:literal),* ;
+        int: $($n:ident : $nty:ty = $nn:literal),* ;
+        code: $($c:ident / $cpb:ident : $cty:ident = $cn:literal),* $(;)?
+    ) => {
+        fn encode_record<'a>(r: &'a FlowRecord, table: &mut StringTable<'a>) -> pb::Record {
+            pb::Record {
+                $( $t: r.$t.as_deref().map_or(0, |s| table.index(s)), )*
+                $( $i: r.$i.map_or_else(Vec::new, ip_bytes), )*
+                $( $n: r.$n.map(Into::into), )*
+                $( $cpb: r.$c.map_or(0, |v| code_of($cty::ALL, v)), )*
+            }
+        }
+
+        fn decode_record(index: usize, p: &pb::Record, strings: &[Text]) -> Result<FlowRecord, BatchError> {
+            let err = |field: &'static str, problem: String| BatchError::Field { record: index, field, problem };
+            Ok(FlowRecord {
+                $( $t: text_at(strings, p.$t).map_err(|e| err($tn, e))?, )*
+                $( $i: ip_from(&p.$i).map_err(|e| err($in_, e))?, )*
+                $( $n: p.$n.map(|v| <$nty>::try_from(v).map_err(|_| err($nn, format!("{v} is out of range 0..={}", <$nty>::MAX)))).transpose()?, )*
+                $( $c: value_of($cty::ALL, p.$cpb).map_err(|e| err($cn, e))?, )*
+            })
+        }
+    };
+}
+
+record_fields! {
+    text:
+        account_id = "account-id", interface_id = "interface-id", vpc_id = "vpc-id",
+        subnet_id = "subnet-id", instance_id = "instance-id", region = "region",
+        az_id = "az-id", sublocation_type = "sublocation-type", sublocation_id = "sublocation-id",
+        pkt_src_aws_service = "pkt-src-aws-service", pkt_dst_aws_service = "pkt-dst-aws-service",
+        ecs_cluster_arn = "ecs-cluster-arn", ecs_cluster_name = "ecs-cluster-name",
+        ecs_container_instance_arn = "ecs-container-instance-arn",
+        ecs_container_instance_id = "ecs-container-instance-id",
+        ecs_container_id = "ecs-container-id", ecs_second_container_id = "ecs-second-container-id",
+        ecs_service_name = "ecs-service-name", ecs_task_definition_arn = "ecs-task-definition-arn",
+        ecs_task_arn = "ecs-task-arn", ecs_task_id = "ecs-task-id", reject_reason = "reject-reason",
+        resource_id = "resource-id", instance_tag = "instance-tag", instance_tag_2 = "instance-tag-2",
+        interface_tag = "interface-tag", interface_tag_2 = "interface-tag-2", asg_tag = "asg-tag",
+        asg_tag_2 = "asg-tag-2", interface_type = "interface-type",
+        next_hop_interface_id = "next-hop-interface-id", next_hop_subnet_id = "next-hop-subnet-id",
+        next_hop_az_id = "next-hop-az-id", next_hop_vpc_id = "next-hop-vpc-id",
+        next_hop_interface_type = "next-hop-interface-type";
+    ip:
+        srcaddr = "srcaddr", dstaddr = "dstaddr", pkt_srcaddr = "pkt-srcaddr", pkt_dstaddr = "pkt-dstaddr";
+    int:
+        srcport: u16 = "srcport", dstport: u16 = "dstport", protocol: u8 = "protocol",
+        packets: u64 = "packets", bytes: u64 = "bytes", start: u64 = "start", end: u64 = "end",
+        tcp_flags: u16 = "tcp-flags", traffic_path: u8 = "traffic-path",
+        encryption_status: u8 = "encryption-status";
+    code:
+        action / action: Action = "action", log_status / log_status: LogStatus = "log-status",
+        traffic_type / r#type: TrafficType = "type",
+        flow_direction / flow_direction: FlowDirection = "flow-direction";
+}
+
+/// Builds the string table of one batch.
+#[derive(Debug, Default)]
+struct StringTable<'a> {
+    index: HashMap<&'a str, u32>,
+    strings: Vec<String>,
+}
+
+impl<'a> StringTable<'a> {
+    fn index(&mut self, s: &'a str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        self.strings.push(s.to_owned());
+        let i = u32::try_from(self.strings.len()).unwrap_or(u32::MAX);
+        self.index.insert(s, i);
+        i
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn ip_from(bytes: &[u8]) -> Result<Option<IpAddr>, String> {
+    match bytes.len() {
+        0 => Ok(None),
+        4 => Ok(<[u8; 4]>::try_from(bytes).ok().map(IpAddr::from)),
+        16 => Ok(<[u8; 16]>::try_from(bytes).ok().map(IpAddr::from)),
+        n => Err(format!("a {n}-byte address (must be 4 or 16 bytes)")),
+    }
+}
+
+fn text_at(strings: &[Text], index: u32) -> Result<Option<Text>, String> {
+    match index {
+        0 => Ok(None),
+        i => strings
+            .get(i as usize - 1)
+            .map(|t| Some(Text::clone(t)))
+            .ok_or_else(|| {
+                format!(
+                    "string index {i} is outside the batch's table of {} strings",
+                    strings.len()
+                )
+            }),
+    }
+}
+
+fn code_of<T: PartialEq>(all: &[T], value: T) -> u32 {
+    all.iter()
+        .position(|v| *v == value)
+        .map_or(0, |i| u32::try_from(i + 1).unwrap_or(0))
+}
+
+fn value_of<T: Copy>(all: &[T], code: u32) -> Result<Option<T>, String> {
+    match code {
+        0 => Ok(None),
+        c => all
+            .get(c as usize - 1)
+            .copied()
+            .map(Some)
+            .ok_or_else(|| format!("code {c} is not one of 1..={}", all.len())),
+    }
+}
+
+/// Encodes records as a batch (text values once, in the string table).
+pub fn encode_batch(records: &[FlowRecord]) -> pb::RecordBatch {
+    let mut table = StringTable::default();
+    let records = records
+        .iter()
+        .map(|r| encode_record(r, &mut table))
+        .collect();
+    pb::RecordBatch {
+        strings: table.strings,
+        records,
+    }
+}
+
+/// Decodes a batch into records, refusing it whole (naming the record and field) if any
+/// value is out of range.
+pub fn decode_batch(batch: &pb::RecordBatch) -> Result<Vec<FlowRecord>, BatchError> {
+    let mut out = Vec::with_capacity(batch.records.len());
+    decode_batch_into(batch, &mut out)?;
+    Ok(out)
+}
+
+/// Like [`decode_batch`], appending to `out` (a reused buffer). On error `out` is left with
+/// the records decoded before the bad one; callers discard it.
+pub fn decode_batch_into(
+    batch: &pb::RecordBatch,
+    out: &mut Vec<FlowRecord>,
+) -> Result<(), BatchError> {
+    if batch.records.len() > MAX_BATCH_RECORDS {
+        return Err(BatchError::TooManyRecords {
+            records: batch.records.len(),
+            max: MAX_BATCH_RECORDS,
+        });
+    }
+    let strings: Vec<Text> = batch
+        .strings
+        .iter()
+        .map(|s| Text::from(s.as_str()))
+        .collect();
+    out.reserve(batch.records.len());
+    for (i, r) in batch.records.iter().enumerate() {
+        out.push(decode_record(i, r, &strings)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use prost::Message;
+
+    fn full_record() -> FlowRecord {
+        let mut r = FlowRecord::no_data(Some("123456789012".into()), Some("eni-1".into()), 1, 2);
+        r.srcaddr = Some("10.0.0.1".parse().unwrap());
+        r.dstaddr = Some("2001:db8::1".parse().unwrap());
+        r.srcport = Some(65535);
+        r.dstport = Some(0);
+        r.protocol = Some(6);
+        r.packets = Some(u64::MAX);
+        r.bytes = Some(40);
+        r.action = Some(Action::Reject);
+        r.log_status = Some(LogStatus::Ok);
+        r.vpc_id = Some("vpc-1".into());
+        r.subnet_id = Some("subnet-1".into());
+        r.tcp_flags = Some(19);
+        r.traffic_type = Some(TrafficType::IPv6);
+        r.flow_direction = Some(FlowDirection::Egress);
+        r.traffic_path = Some(8);
+        r.region = Some("eu-west-1".into());
+        r.next_hop_interface_type = Some("eni-1".into());
+        r.encryption_status = Some(2);
+        r
+    }
+
+    #[test]
+    fn records_round_trip_through_the_wire_form() {
+        let records = vec![full_record(), FlowRecord::default(), full_record()];
+        let batch = encode_batch(&records);
+        // "eni-1" is sent once although three fields of two records hold it.
+        assert_eq!(batch.strings.iter().filter(|s| *s == "eni-1").count(), 1);
+        let bytes = batch.encode_to_vec();
+        let back = pb::RecordBatch::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decode_batch(&back).unwrap(), records);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_record_and_field() {
+        let mut batch = encode_batch(&[full_record(), full_record()]);
+        batch.records[1].srcport = Some(70000);
+        assert_eq!(
+            decode_batch(&batch).unwrap_err().to_string(),
+            "record 1, field 'srcport': 70000 is out of range 0..=65535"
+        );
+        let mut batch = encode_batch(&[full_record()]);
+        batch.records[0].dstaddr = vec![1, 2, 3];
+        assert_eq!(
+            decode_batch(&batch).unwrap_err().to_string(),
+            "record 0, field 'dstaddr': a 3-byte address (must be 4 or 16 bytes)"
+        );
+        let mut batch = encode_batch(&[full_record()]);
+        batch.records[0].vpc_id = 99;
+        assert!(
+            decode_batch(&batch)
+                .unwrap_err()
+                .to_string()
+                .starts_with("record 0, field 'vpc-id': string index 99 is outside")
+        );
+        let mut batch = encode_batch(&[full_record()]);
+        batch.records[0].log_status = 4;
+        assert_eq!(
+            decode_batch(&batch).unwrap_err().to_string(),
+            "record 0, field 'log-status': code 4 is not one of 1..=3"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_ports_and_counters_round_trip(
+            sp in proptest::option::of(proptest::num::u16::ANY),
+            pk in proptest::option::of(proptest::num::u64::ANY),
+            flags in proptest::option::of(proptest::num::u16::ANY),
+            v6 in proptest::array::uniform16(proptest::num::u8::ANY),
+        ) {
+            let mut r = full_record();
+            r.srcport = sp;
+            r.packets = pk;
+            r.tcp_flags = flags;
+            r.pkt_srcaddr = Some(IpAddr::from(v6));
+            let back = decode_batch(&encode_batch(std::slice::from_ref(&r))).unwrap();
+            proptest::prop_assert_eq!(back, vec![r]);
+        }
+    }
+}
