@@ -63,7 +63,7 @@ macro_rules! record_fields {
         fn encode_record<'a>(r: &'a FlowRecord, table: &mut StringTable<'a>) -> pb::Record {
             pb::Record {
                 $( $t: r.$t.as_deref().map_or(0, |s| table.index(s)), )*
-                $( $i: r.$i.map_or_else(Vec::new, ip_bytes), )*
+                $( $i: r.$i.map_or_else(bytes::Bytes::new, ip_bytes), )*
                 $( $n: r.$n.map(Into::into), )*
                 $( $cpb: r.$c.map_or(0, |v| code_of($cty::ALL, v)), )*
             }
@@ -131,10 +131,10 @@ impl<'a> StringTable<'a> {
     }
 }
 
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+fn ip_bytes(ip: IpAddr) -> bytes::Bytes {
     match ip {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
+        IpAddr::V4(a) => bytes::Bytes::copy_from_slice(&a.octets()),
+        IpAddr::V6(a) => bytes::Bytes::copy_from_slice(&a.octets()),
     }
 }
 
@@ -273,7 +273,7 @@ mod tests {
             "record 1, field 'srcport': 70000 is out of range 0..=65535"
         );
         let mut batch = encode_batch(&[full_record()]);
-        batch.records[0].dstaddr = vec![1, 2, 3];
+        batch.records[0].dstaddr = bytes::Bytes::from_static(&[1, 2, 3]);
         assert_eq!(
             decode_batch(&batch).unwrap_err().to_string(),
             "record 0, field 'dstaddr': a 3-byte address (must be 4 or 16 bytes)"
