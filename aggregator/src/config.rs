@@ -2,8 +2,13 @@
 //!
 //! Every problem is reported at once, each naming its key (`output.window: …`): unknown
 //! keys, wrong types and invalid values alike. `docs/configuration.md` documents every key.
+//!
+//! [`load`] checks the text of the file only. `serve` and `check-config` use
+//! [`load_with`] to also read the files `[listen]` names (certificates, key, tokens) and,
+//! for `serve`, to require `[listen]`.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -36,6 +41,42 @@ pub struct Settings {
     pub state: StateSettings,
     /// Logs, metrics, shutdown.
     pub service: ServiceSettings,
+    /// The gRPC endpoint agents push to (`serve` only); `None` when the file has no
+    /// `[listen]` section.
+    pub listen: Option<ListenSettings>,
+}
+
+/// Default `listen.address`.
+pub const DEFAULT_LISTEN_ADDRESS: &str = "0.0.0.0:7443";
+
+/// `[listen]`: the gRPC ingest endpoint of `serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSettings {
+    /// Address the server binds (port 0: any free port, logged at startup).
+    pub address: SocketAddr,
+    /// TLS files; `None` = plaintext (`insecure = true`).
+    pub tls: Option<TlsFiles>,
+    /// `agent-id token` lines.
+    pub tokens_file: PathBuf,
+    /// Largest push accepted (after decompression).
+    pub max_batch_bytes: usize,
+    /// Records accepted but not yet in the WAL, at most.
+    pub max_pending_records: u32,
+    /// Pushes being received and handled at once, at most.
+    pub max_concurrent_pushes: usize,
+    /// How long a push waits for room before it is refused as busy.
+    pub push_timeout: Duration,
+}
+
+/// The TLS files of `[listen]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA that client certificates must be signed by; `None` = no client certificates.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[flow_log]`.
@@ -273,6 +314,21 @@ struct RawState {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawListen {
+    address: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    tokens_file: Option<PathBuf>,
+    insecure: Option<bool>,
+    max_batch_bytes: Option<ByteSize>,
+    max_pending_records: Option<u64>,
+    max_concurrent_pushes: Option<usize>,
+    push_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawService {
     shutdown_grace: Option<String>,
     metrics_address: Option<String>,
@@ -335,7 +391,32 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "log_level",
         ],
     ),
+    (
+        "listen",
+        &[
+            "address",
+            "tls_cert",
+            "tls_key",
+            "client_ca",
+            "tokens_file",
+            "insecure",
+            "max_batch_bytes",
+            "max_pending_records",
+            "max_concurrent_pushes",
+            "push_timeout",
+        ],
+    ),
 ];
+
+/// What [`load_with`] checks beyond the text of the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `[listen]` must be present (`serve`).
+    pub require_listen: bool,
+    /// Read the files `[listen]` names: certificates and key must parse, the tokens file
+    /// must be valid (`serve`, `check-config`).
+    pub check_files: bool,
+}
 
 /// Collects problems while validating.
 #[derive(Debug, Default)]
@@ -391,8 +472,15 @@ fn duration(
     }
 }
 
-/// Reads and validates a config file.
+/// Reads and validates a config file (its text only: files named in `[listen]` are not
+/// read; see [`load_with`]).
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    load_with(path, LoadOptions::default())
+}
+
+/// Reads and validates a config file, with the extra checks of `options`; every problem
+/// is listed.
+pub fn load_with(path: &Path, options: LoadOptions) -> Result<Settings, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         path: shown.clone(),
@@ -401,11 +489,17 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
             message: format!("cannot read: {e}"),
         }],
     })?;
-    parse(&text, &shown)
+    parse_with(&text, &shown, options)
 }
 
 /// Validates config text; `path` is used in the error only.
 pub fn parse(text: &str, path: &str) -> Result<Settings, ConfigError> {
+    parse_with(text, path, LoadOptions::default())
+}
+
+/// Validates config text with the extra checks of `options`; `path` is used in the error
+/// only.
+pub fn parse_with(text: &str, path: &str, options: LoadOptions) -> Result<Settings, ConfigError> {
     let fail = |problems: Vec<Problem>| ConfigError {
         path: path.to_owned(),
         problems,
@@ -416,12 +510,16 @@ pub fn parse(text: &str, path: &str) -> Result<Settings, ConfigError> {
             message: e.to_string().trim().to_owned(),
         }])
     })?;
-    parse_table(&table).map_err(fail)
+    validate(&table, options).map_err(fail)
 }
 
 /// Validates an already parsed config table (the sections of [`SECTIONS`]); returns every
 /// problem found otherwise.
 pub fn parse_table(table: &toml::Table) -> Result<Settings, Vec<Problem>> {
+    validate(table, LoadOptions::default())
+}
+
+fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<Problem>> {
     let mut p = Problems::default();
 
     for (name, value) in table {
@@ -467,12 +565,34 @@ pub fn parse_table(table: &toml::Table) -> Result<Settings, Vec<Problem>> {
     let sink: RawSink = section(&known_only("sink"), "sink", &mut p);
     let state: RawState = section(&known_only("state"), "state", &mut p);
     let service: RawService = section(&known_only("service"), "service", &mut p);
+    let listen: Option<RawListen> = table
+        .contains_key("listen")
+        .then(|| section(&known_only("listen"), "listen", &mut p));
 
     let flow_log = validate_flow_log(flow, &mut p);
     let output = validate_output(out, &mut p);
     let sink = validate_sink(sink, &output, &mut p);
     let state = validate_state(state, &mut p);
     let service = validate_service(service, &mut p);
+    let listen = match listen {
+        Some(raw) => validate_listen(raw, &mut p),
+        None => {
+            if options.require_listen {
+                p.add(
+                    "listen",
+                    "serve needs a [listen] section (at least tls_cert, tls_key and tokens_file)",
+                );
+            }
+            None
+        }
+    };
+    if options.check_files
+        && let Some(listen) = &listen
+    {
+        for problem in check_listen_files(listen) {
+            p.0.push(problem);
+        }
+    }
 
     match (flow_log, output, sink) {
         (Some(flow_log), Some(output), Some(sink)) if p.0.is_empty() => Ok(Settings {
@@ -481,9 +601,142 @@ pub fn parse_table(table: &toml::Table) -> Result<Settings, Vec<Problem>> {
             sink,
             state,
             service,
+            listen,
         }),
         _ => Err(p.0),
     }
+}
+
+fn validate_listen(raw: RawListen, p: &mut Problems) -> Option<ListenSettings> {
+    let address_text = raw
+        .address
+        .filter(|a| !a.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_LISTEN_ADDRESS.to_owned());
+    let address = p.check(
+        "listen.address",
+        address_text.parse::<SocketAddr>().map_err(|_| {
+            format!("'{address_text}' is not an address such as {DEFAULT_LISTEN_ADDRESS}")
+        }),
+    );
+    let nonempty = |v: Option<PathBuf>| v.filter(|p| !p.as_os_str().is_empty());
+    let (cert, key, client_ca) = (
+        nonempty(raw.tls_cert),
+        nonempty(raw.tls_key),
+        nonempty(raw.client_ca),
+    );
+    let tls = if raw.insecure.unwrap_or(false) {
+        for (k, set) in [
+            ("tls_cert", cert.is_some()),
+            ("tls_key", key.is_some()),
+            ("client_ca", client_ca.is_some()),
+        ] {
+            if set {
+                p.add(
+                    format!("listen.{k}"),
+                    "is not used with insecure = true (plaintext): remove it or set insecure = false",
+                );
+            }
+        }
+        Some(None)
+    } else {
+        const NEEDED: &str =
+            "is required (or set insecure = true to serve plaintext, for tests only)";
+        if cert.is_none() {
+            p.add("listen.tls_cert", NEEDED);
+        }
+        if key.is_none() {
+            p.add("listen.tls_key", NEEDED);
+        }
+        match (cert, key) {
+            (Some(cert), Some(key)) => Some(Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            })),
+            _ => None,
+        }
+    };
+    let tokens_file = nonempty(raw.tokens_file);
+    if tokens_file.is_none() {
+        p.add(
+            "listen.tokens_file",
+            "is required: a file of \"agent-id token\" lines",
+        );
+    }
+    let max_batch_bytes = raw.max_batch_bytes.map_or(DEFAULT_MAX_BATCH_BYTES, |b| b.0);
+    if max_batch_bytes < 1024 {
+        p.add(
+            "listen.max_batch_bytes",
+            format!("{max_batch_bytes} is too small (at least 1KiB)"),
+        );
+    }
+    let protocol_max = flowlog_transport::MAX_MESSAGE_BYTES as u64;
+    if max_batch_bytes > protocol_max {
+        p.add(
+            "listen.max_batch_bytes",
+            format!("{max_batch_bytes} is above the protocol's limit of {protocol_max} bytes"),
+        );
+    }
+    let max_pending_records = raw.max_pending_records.unwrap_or(2_000_000);
+    let max_pending_records = match u32::try_from(max_pending_records) {
+        Ok(0) => {
+            p.add("listen.max_pending_records", "must be at least 1");
+            None
+        }
+        Ok(n) => Some(n),
+        Err(_) => {
+            p.add(
+                "listen.max_pending_records",
+                format!("{max_pending_records} is too large (at most {})", u32::MAX),
+            );
+            None
+        }
+    };
+    let max_concurrent_pushes = raw.max_concurrent_pushes.unwrap_or(256);
+    if max_concurrent_pushes == 0 {
+        p.add("listen.max_concurrent_pushes", "must be at least 1");
+    }
+    let push_timeout = duration(
+        "listen.push_timeout",
+        raw.push_timeout.as_deref(),
+        Duration::from_secs(10),
+        p,
+    );
+    if push_timeout.is_zero() {
+        p.add("listen.push_timeout", "must be longer than 0s");
+    }
+    Some(ListenSettings {
+        address: address?,
+        tls: tls?,
+        tokens_file: tokens_file?,
+        max_batch_bytes: usize::try_from(max_batch_bytes).ok()?,
+        max_pending_records: max_pending_records?,
+        max_concurrent_pushes: max_concurrent_pushes.max(1),
+        push_timeout,
+    })
+}
+
+/// Default `listen.max_batch_bytes`: 16 MiB.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 16 << 20;
+
+/// Reads the files `[listen]` names: the certificates and key must parse (and fit
+/// together), the tokens file must be valid. Returns every problem, each under its key.
+pub fn check_listen_files(listen: &ListenSettings) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(tls) = &listen.tls
+        && let Err(problems) = crate::serve::tls::server_tls_config(tls)
+    {
+        out.extend(problems);
+    }
+    if let Err(e) = crate::serve::auth::TokenTable::load(&listen.tokens_file) {
+        for message in e.problems() {
+            out.push(Problem {
+                key: "listen.tokens_file".into(),
+                message,
+            });
+        }
+    }
+    out
 }
 
 fn required(key: &str, value: Option<String>, p: &mut Problems) -> Option<String> {
@@ -884,6 +1137,114 @@ mod tests {
         );
         let e = parse("[flow_log\n", "t").unwrap_err();
         assert_eq!(e.problems[0].key, "(syntax)");
+    }
+
+    #[test]
+    fn listen_is_optional_validated_and_listed() {
+        let s = parse(MINIMAL, "t.toml").unwrap();
+        assert!(s.listen.is_none());
+        let e = parse_with(
+            MINIMAL,
+            "t.toml",
+            LoadOptions {
+                require_listen: true,
+                check_files: true,
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "listen", "{e}");
+
+        let s = parse(
+            &format!(
+                "{MINIMAL}[listen]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntokens_file = \"t\"\n"
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let l = s.listen.unwrap();
+        assert_eq!(l.address, "0.0.0.0:7443".parse().unwrap());
+        assert_eq!(l.max_batch_bytes, 16 << 20);
+        assert_eq!(l.max_pending_records, 2_000_000);
+        assert_eq!(l.max_concurrent_pushes, 256);
+        assert_eq!(l.push_timeout, Duration::from_secs(10));
+        assert_eq!(l.tls.unwrap().client_ca, None);
+
+        let text = format!(
+            "{MINIMAL}[listen]\naddress = \"nowhere\"\nmax_batch_bytes = \"1GiB\"\nmax_pending_records = 0\npush_timeout = \"soon\"\nbogus = 1\n"
+        );
+        let e = parse(&text, "t.toml").unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "listen.bogus",
+            "listen.address",
+            "listen.tls_cert",
+            "listen.tls_key",
+            "listen.tokens_file",
+            "listen.max_batch_bytes",
+            "listen.max_pending_records",
+            "listen.push_timeout",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+
+        let text = format!(
+            "{MINIMAL}[listen]\ninsecure = true\nclient_ca = \"ca.pem\"\ntokens_file = \"t\"\n"
+        );
+        let e = parse(&text, "t.toml").unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].key, "listen.client_ca");
+        let text = format!("{MINIMAL}[listen]\ninsecure = true\ntokens_file = \"t\"\n");
+        assert!(
+            parse(&text, "t.toml")
+                .unwrap()
+                .listen
+                .unwrap()
+                .tls
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn listen_files_are_checked_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(
+            &tokens,
+            "web-1 aaaaaaaaaaaaaaaa\nweb-1 bbbbbbbbbbbbbbbb\nlonely\n",
+        )
+        .unwrap();
+        let text = format!(
+            "{MINIMAL}[listen]\ntls_cert = \"{0}/none.pem\"\ntls_key = \"{0}/none.key\"\ntokens_file = \"{1}\"\n",
+            dir.path().display(),
+            tokens.display()
+        );
+        // Text only: fine.
+        parse(&text, "t.toml").unwrap();
+        let e = parse_with(
+            &text,
+            "t.toml",
+            LoadOptions {
+                require_listen: true,
+                check_files: true,
+            },
+        )
+        .unwrap_err();
+        let shown = e.to_string();
+        assert!(shown.contains("listen.tls_cert: cannot read"), "{shown}");
+        assert!(shown.contains("none.pem"), "{shown}");
+        assert!(shown.contains("listen.tls_key: cannot read"), "{shown}");
+        assert!(
+            shown.contains("line 2: agent 'web-1' is already listed on line 1"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("line 3: agent 'lonely' has no token"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("bbbbbbbb"),
+            "tokens are never shown: {shown}"
+        );
     }
 
     #[test]

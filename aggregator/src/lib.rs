@@ -4,6 +4,7 @@
 //! ingest ─▶ WAL ─▶ window ─▶ encode (text gz / Parquet) ─▶ stage ─▶ upload (local dir / S3)
 //! ```
 //!
+//! - [`serve`]: the gRPC endpoint agents push batches to (auth, TLS, dedupe, group commit);
 //! - [`convert`]: rewrites existing flow log files between formats;
 //! - [`config`]: the TOML config and its validation;
 //! - [`pipeline`]: WAL → windows → staged files → uploads, exactly once;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod convert;
 pub mod import;
 pub mod pipeline;
+pub mod serve;
 pub mod sink;
 pub mod telemetry;
 pub mod wal;

@@ -164,6 +164,46 @@ pub const RETRY_CLASSES: [&str; 2] = [RETRY_TRANSIENT, RETRY_PERMANENT];
 /// `SealReason::as_str` in the stager).
 pub const SEAL_REASONS: [&str; 4] = ["window_closed", "size_cap", "open_file_limit", "shutdown"];
 
+/// `result` of a push that was written.
+pub const INGEST_ACCEPTED: &str = "accepted";
+/// `result` of a push the WAL already had (acked, not written again).
+pub const INGEST_DUPLICATE: &str = "duplicate";
+/// `result` of a malformed, oversized or otherwise invalid push.
+pub const INGEST_INVALID: &str = "invalid";
+/// `result` of a push refused because there was no room within `push_timeout`, or during
+/// shutdown.
+pub const INGEST_BUSY: &str = "busy";
+/// `result` of a push whose outcome is unknown because the pipeline failed.
+pub const INGEST_FAILED: &str = "failed";
+/// All `result` label values of `flowlog_ingest_batches_total` (refused calls are counted in
+/// `flowlog_ingest_auth_failures_total` instead).
+pub const INGEST_RESULTS: [&str; 5] = [
+    INGEST_ACCEPTED,
+    INGEST_DUPLICATE,
+    INGEST_INVALID,
+    INGEST_BUSY,
+    INGEST_FAILED,
+];
+
+/// All `reason` label values of `flowlog_ingest_auth_failures_total`: no `authorization`
+/// header, one that is not `Bearer <token>`, a token not in the tokens file, a token of
+/// another agent.
+pub const AUTH_FAILURE_REASONS: [&str; 4] = ["missing", "malformed", "unknown", "agent_mismatch"];
+
+/// Labels `{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct IngestLabels {
+    /// One of [`INGEST_RESULTS`].
+    pub result: &'static str,
+}
+
+/// Labels `{reason}` of `flowlog_ingest_auth_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    /// One of [`AUTH_FAILURE_REASONS`].
+    pub reason: &'static str,
+}
+
 /// Labels `{sink}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SinkLabels {
@@ -236,6 +276,20 @@ pub struct Metrics {
     pub upload_seconds: Histogram,
     /// `flowlog_build_info{version}`: always 1.
     pub build_info: Family<BuildInfoLabels, Gauge>,
+    /// `flowlog_ingest_batches_total{result}`: pushes answered, by result.
+    pub ingest_batches: Family<IngestLabels, Counter>,
+    /// `flowlog_ingest_records_total`: records of pushes written to the WAL.
+    pub ingest_records: Counter,
+    /// `flowlog_ingest_dedupe_hits_total`: pushes of batches the WAL already had.
+    pub ingest_dedupe_hits: Counter,
+    /// `flowlog_ingest_auth_failures_total{reason}`: calls refused by authentication.
+    pub ingest_auth_failures: Family<AuthFailureLabels, Counter>,
+    /// `flowlog_ingest_push_seconds`: time from receiving a decoded push to answering it.
+    pub ingest_push_seconds: Histogram,
+    /// `flowlog_ingest_pending_records`: records accepted but not yet in the WAL.
+    pub ingest_pending_records: Gauge,
+    /// `flowlog_ingest_agents`: agents in the dedupe state.
+    pub ingest_agents: Gauge,
 }
 
 /// Creates a metric, registers it under `name` and returns the handle.
@@ -346,6 +400,50 @@ impl Metrics {
             })
             .set(1);
 
+        let ingest_batches: Family<IngestLabels, Counter> = registered(
+            &mut registry,
+            "flowlog_ingest_batches",
+            "Batches pushed by agents, by result",
+        );
+        let ingest_records: Counter = registered(
+            &mut registry,
+            "flowlog_ingest_records",
+            "Records of pushed batches written to the WAL",
+        );
+        let ingest_dedupe_hits: Counter = registered(
+            &mut registry,
+            "flowlog_ingest_dedupe_hits",
+            "Pushed batches the WAL already had (acked without writing)",
+        );
+        let ingest_auth_failures: Family<AuthFailureLabels, Counter> = registered(
+            &mut registry,
+            "flowlog_ingest_auth_failures",
+            "Push calls refused by authentication, by reason",
+        );
+        // 0.5 ms … ~16 s.
+        let ingest_push_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "flowlog_ingest_push_seconds",
+            "Time from a decoded push to its answer",
+            ingest_push_seconds.clone(),
+        );
+        let ingest_pending_records: Gauge = registered(
+            &mut registry,
+            "flowlog_ingest_pending_records",
+            "Records of pushes accepted but not yet in the WAL",
+        );
+        let ingest_agents: Gauge = registered(
+            &mut registry,
+            "flowlog_ingest_agents",
+            "Agents in the dedupe state",
+        );
+        for result in INGEST_RESULTS {
+            drop(ingest_batches.get_or_create(&IngestLabels { result }));
+        }
+        for reason in AUTH_FAILURE_REASONS {
+            drop(ingest_auth_failures.get_or_create(&AuthFailureLabels { reason }));
+        }
+
         // `get_or_create` returns a read guard; dropping it at once just leaves the series.
         for sink in SINKS {
             let labels = SinkLabels { sink };
@@ -377,7 +475,31 @@ impl Metrics {
             sealed_files,
             upload_seconds,
             build_info,
+            ingest_batches,
+            ingest_records,
+            ingest_dedupe_hits,
+            ingest_auth_failures,
+            ingest_push_seconds,
+            ingest_pending_records,
+            ingest_agents,
         })
+    }
+
+    /// Records one answered push: its `result` (one of [`INGEST_RESULTS`]) and how long it
+    /// took.
+    pub fn observe_push(&self, result: &'static str, elapsed: Duration) {
+        self.ingest_batches
+            .get_or_create(&IngestLabels { result })
+            .inc();
+        self.ingest_push_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one call refused by authentication for `reason` (one of
+    /// [`AUTH_FAILURE_REASONS`]).
+    pub fn observe_auth_failure(&self, reason: &'static str) {
+        self.ingest_auth_failures
+            .get_or_create(&AuthFailureLabels { reason })
+            .inc();
     }
 
     /// Records one successful upload to `sink` ([`SINK_LOCAL`] or [`SINK_S3`]) of a file
@@ -705,6 +827,8 @@ mod tests {
         m.observe_upload_failure(SINK_S3, false);
         m.observe_sealed("size_cap");
         m.set_pipeline_gauges(77, 2, 3, 4096, 42);
+        m.observe_push(INGEST_ACCEPTED, Duration::from_millis(3));
+        m.observe_auth_failure("agent_mismatch");
         let text = m.encode();
         for line in [
             "flowlog_records_in_total 3",
@@ -729,6 +853,15 @@ mod tests {
             "# TYPE flowlog_upload_seconds histogram",
             "# TYPE flowlog_staged_bytes gauge",
             "# TYPE flowlog_records_in counter",
+            "flowlog_ingest_batches_total{result=\"accepted\"} 1",
+            "flowlog_ingest_batches_total{result=\"busy\"} 0",
+            "flowlog_ingest_records_total 0",
+            "flowlog_ingest_dedupe_hits_total 0",
+            "flowlog_ingest_auth_failures_total{reason=\"agent_mismatch\"} 1",
+            "flowlog_ingest_auth_failures_total{reason=\"missing\"} 0",
+            "flowlog_ingest_push_seconds_count 1",
+            "flowlog_ingest_pending_records 0",
+            "flowlog_ingest_agents 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

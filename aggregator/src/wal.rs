@@ -40,9 +40,9 @@
 //!    the directory is fsync'd. A file with a segment name therefore always
 //!    has a complete, durable header, and its name survives a crash before
 //!    any entry is appended to it.
-//! 2. **Only the tail of the last segment can be torn.** Each frame is built
-//!    in memory and written with a single `write_all` at the end of the
-//!    active segment; a crash (even `kill -9` mid-write) can leave at most an
+//! 2. **Only the tail of the last segment can be torn.** Each frame is
+//!    written at the end of the active segment by one vectored write (header
+//!    and payload parts, continued if the kernel takes less); a crash (even `kill -9` mid-write) can leave at most an
 //!    incomplete or unsynced suffix of that file. Before rotating, the old
 //!    active segment is fsync'd (whatever the policy), so no frame of a
 //!    non-last segment is ever in flight when later data exists. If a write
@@ -103,8 +103,6 @@ const FRAME_HEADER_LEN: u64 = 16;
 const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Buffer size of the readers used by open and replay.
 const READ_BUFFER: usize = 256 * 1024;
-/// The frame buffer is shrunk back to this capacity after a huge entry.
-const FRAME_BUFFER_KEEP: usize = 4 * 1024 * 1024;
 /// Segment file name prefix and suffix.
 const SEGMENT_PREFIX: &str = "wal-";
 const SEGMENT_SUFFIX: &str = ".seg";
@@ -337,8 +335,6 @@ pub struct Wal {
     /// Write handle of the active segment, positioned at its end.
     file: File,
     next_lsn: u64,
-    /// Reused buffer in which each frame is assembled.
-    frame: Vec<u8>,
     /// Whether the active segment has writes that were not synced.
     dirty: bool,
     last_sync: Instant,
@@ -426,7 +422,6 @@ impl Wal {
             active,
             file,
             next_lsn,
-            frame: Vec::new(),
             dirty: false,
             last_sync: Instant::now(),
             poisoned: false,
@@ -448,11 +443,28 @@ impl Wal {
     /// would exceed [`WalSettings::segment_bytes`]. Under
     /// [`FsyncPolicy::Always`] the entry is durable when this returns.
     pub fn append(&mut self, payload: &[u8]) -> Result<u64, WalError> {
+        let lsn = self.append_unsynced(payload)?;
+        self.commit()?;
+        Ok(lsn)
+    }
+
+    /// Appends one entry without syncing it, whatever the policy, and returns
+    /// its LSN: group commit appends several entries this way and then calls
+    /// [`commit`](Self::commit) once. The entry is not durable (and must not
+    /// be acknowledged) before that call returns.
+    pub fn append_unsynced(&mut self, payload: &[u8]) -> Result<u64, WalError> {
+        self.append_unsynced_parts(&[payload])
+    }
+
+    /// Like [`append_unsynced`](Self::append_unsynced) with the payload given
+    /// as consecutive parts (written without joining them first).
+    pub fn append_unsynced_parts(&mut self, parts: &[&[u8]]) -> Result<u64, WalError> {
         if self.poisoned {
             return Err(self.poisoned_error());
         }
-        let len = u32::try_from(payload.len()).map_err(|_| WalError::EntryTooLarge {
-            len: payload.len(),
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let len = u32::try_from(total).map_err(|_| WalError::EntryTooLarge {
+            len: total,
             max: u64::from(u32::MAX),
         })?;
         let frame_len = FRAME_HEADER_LEN + u64::from(len);
@@ -465,21 +477,17 @@ impl Wal {
         let lsn = self.next_lsn;
         let len_bytes = len.to_le_bytes();
         let lsn_bytes = lsn.to_le_bytes();
-        let crc = crc32c::crc32c_append(
+        let crc = parts.iter().fold(
             crc32c::crc32c_append(crc32c::crc32c(&lsn_bytes), &len_bytes),
-            payload,
+            |crc, part| crc32c::crc32c_append(crc, part),
         );
-        if self.frame.capacity() > FRAME_BUFFER_KEEP && payload.len() < FRAME_BUFFER_KEEP {
-            self.frame = Vec::with_capacity(FRAME_BUFFER_KEEP);
-        }
-        self.frame.clear();
-        self.frame.extend_from_slice(&len_bytes);
-        self.frame.extend_from_slice(&crc.to_le_bytes());
-        self.frame.extend_from_slice(&lsn_bytes);
-        self.frame.extend_from_slice(payload);
+        let mut header = [0u8; FRAME_HEADER_LEN as usize];
+        header[..4].copy_from_slice(&len_bytes);
+        header[4..8].copy_from_slice(&crc.to_le_bytes());
+        header[8..].copy_from_slice(&lsn_bytes);
 
         let offset = self.active.bytes;
-        if let Err(source) = self.file.write_all(&self.frame) {
+        if let Err(source) = write_all_parts(&mut self.file, &header, parts) {
             // Cut back to the last frame boundary so a retry does not append
             // after a partial frame; if even that fails, refuse further writes.
             let rollback = self
@@ -505,14 +513,24 @@ impl Wal {
         self.dirty = true;
         self.next_lsn += 1;
         self.active.bytes += frame_len;
-        match self.fsync {
-            FsyncPolicy::Always => self.sync_active()?,
-            FsyncPolicy::Interval(interval) if self.last_sync.elapsed() >= interval => {
-                self.sync_active()?;
-            }
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {}
-        }
         Ok(lsn)
+    }
+
+    /// Makes the entries appended so far durable as the [`FsyncPolicy`]
+    /// says: one fdatasync under [`FsyncPolicy::Always`] (none when nothing
+    /// is unsynced), one when the interval has passed under
+    /// [`FsyncPolicy::Interval`], none under [`FsyncPolicy::Never`].
+    pub fn commit(&mut self) -> Result<(), WalError> {
+        if self.poisoned {
+            return Err(self.poisoned_error());
+        }
+        match self.fsync {
+            FsyncPolicy::Always => self.sync_active(),
+            FsyncPolicy::Interval(interval) if self.last_sync.elapsed() >= interval => {
+                self.sync_active()
+            }
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => Ok(()),
+        }
     }
 
     /// Fdatasyncs the active segment if it has unsynced writes, whatever the
@@ -601,6 +619,18 @@ impl Wal {
         Ok(freed)
     }
 
+    /// Whether [`reclaim`](Self::reclaim)`(below_lsn)` would delete at least
+    /// one segment.
+    pub fn reclaimable(&self, below_lsn: u64) -> bool {
+        self.sealed.front().is_some_and(|_| {
+            let end = self
+                .sealed
+                .get(1)
+                .map_or(self.active.first_lsn, |next| next.first_lsn);
+            end <= below_lsn
+        })
+    }
+
     /// Total size in bytes of the retained segment files.
     pub fn disk_bytes(&self) -> u64 {
         self.sealed.iter().map(|s| s.bytes).sum::<u64>() + self.active.bytes
@@ -664,6 +694,26 @@ impl Drop for Wal {
             );
         }
     }
+}
+
+/// Writes a frame header and its payload parts with vectored writes, until
+/// all of it is written.
+fn write_all_parts(file: &mut File, header: &[u8], parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = std::iter::once(header)
+        .chain(parts.iter().copied())
+        .filter(|p| !p.is_empty())
+        .map(io::IoSlice::new)
+        .collect();
+    let mut rest = slices.as_mut_slice();
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Iterator over WAL entries returned by [`Wal::replay`]; yields
@@ -1620,6 +1670,51 @@ mod tests {
             let wal = Wal::open(WalSettings::new(dir.path())).unwrap();
             assert_eq!(wal.next_lsn(), 6, "{policy}");
         }
+    }
+
+    #[test]
+    fn group_commit_appends_unsynced_then_syncs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(WalSettings {
+            segment_bytes: 200,
+            ..WalSettings::new(dir.path())
+        })
+        .unwrap();
+        assert!(!wal.reclaimable(u64::MAX));
+        let lsns: Vec<u64> = (1..=3)
+            .map(|i| wal.append_unsynced(&payload(i, 60)).unwrap())
+            .collect();
+        assert_eq!(lsns, vec![1, 2, 3]);
+        assert!(wal.dirty, "appended without a sync");
+        wal.commit().unwrap();
+        assert!(!wal.dirty, "one commit syncs the group");
+        // The third entry rotated: the first segment holds LSNs 1-2.
+        assert_eq!(wal.segments(), 2);
+        assert!(!wal.reclaimable(2));
+        assert!(wal.reclaimable(3));
+        assert!(wal.reclaim(3).unwrap() > 0);
+        assert!(!wal.reclaimable(u64::MAX), "the active segment stays");
+        drop(wal);
+        let wal = Wal::open(WalSettings::new(dir.path())).unwrap();
+        assert_eq!(replay_all(&wal, 0), vec![(3, payload(3, 60))]);
+    }
+
+    #[test]
+    fn an_entry_in_parts_reads_back_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::open(WalSettings::new(dir.path())).unwrap();
+        let big = payload(9, 300_000);
+        assert_eq!(
+            wal.append_unsynced_parts(&[b"head:", &[], &big]).unwrap(),
+            1
+        );
+        assert_eq!(wal.append_unsynced_parts(&[]).unwrap(), 2);
+        wal.commit().unwrap();
+        drop(wal);
+        let wal = Wal::open(WalSettings::new(dir.path())).unwrap();
+        let mut joined = b"head:".to_vec();
+        joined.extend_from_slice(&big);
+        assert_eq!(replay_all(&wal, 0), vec![(1, joined), (2, Vec::new())]);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The manifest: an append-only, fsync'd log of what happened to staged files.
 //!
 //! One JSON object per line: the writer id, every sealed file (its final key, the stream
-//! and the WAL positions it covers), every confirmed upload, and import progress. At
+//! and the WAL positions it covers), every confirmed upload, import progress, and the
+//! dedupe state of agents that push batches (stored before the WAL entries holding their
+//! delivery marks are reclaimed). At
 //! startup it tells which sealed files still need uploading, and up to which position each
 //! stream's records are already in sealed files (so a WAL replay skips them). A torn last
 //! line (crash mid-append) is dropped; damage anywhere else is an error.
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::batch::ImportMark;
+use super::dedupe::AgentState;
 use super::window::StreamKey;
 
 const FILE_NAME: &str = "manifest.jsonl";
@@ -86,6 +89,7 @@ enum Entry {
         id: u64,
     },
     Import(ImportMark),
+    Agent(AgentState),
     Stream {
         stream: StoredStream,
         sealed_through: u64,
@@ -127,6 +131,7 @@ pub struct Manifest {
     pending: BTreeMap<u64, SealedEntry>,
     sealed_through: HashMap<StreamKey, u64>,
     imports: HashMap<String, ImportMark>,
+    agents: HashMap<String, AgentState>,
     next_id: u64,
     lines: usize,
 }
@@ -145,6 +150,7 @@ impl Manifest {
         let mut pending = BTreeMap::new();
         let mut sealed_through: HashMap<StreamKey, u64> = HashMap::new();
         let mut imports = HashMap::new();
+        let mut agents = HashMap::new();
         let mut next_id = 1;
         let mut lines = 0;
         let mut valid_len = 0u64;
@@ -185,6 +191,9 @@ impl Manifest {
                     Entry::Import(mark) => {
                         imports.insert(mark.input.clone(), mark);
                     }
+                    Entry::Agent(state) => {
+                        agents.insert(state.agent_id.clone(), state);
+                    }
                     Entry::Stream {
                         stream,
                         sealed_through: through,
@@ -210,6 +219,7 @@ impl Manifest {
             pending,
             sealed_through,
             imports,
+            agents,
             next_id,
             lines,
         };
@@ -231,15 +241,23 @@ impl Manifest {
     }
 
     fn append(&mut self, entry: &Entry) -> Result<(), ManifestError> {
+        self.append_all(std::slice::from_ref(entry))
+    }
+
+    /// Appends entries with one write and one fsync.
+    fn append_all(&mut self, entries: &[Entry]) -> Result<(), ManifestError> {
         let io = |source| ManifestError::Io {
             path: self.path.display().to_string(),
             source,
         };
-        let mut line = serde_json::to_vec(entry).map_err(|e| io(std::io::Error::other(e)))?;
-        line.push(b'\n');
-        self.file.write_all(&line).map_err(io)?;
+        let mut out = Vec::new();
+        for entry in entries {
+            serde_json::to_writer(&mut out, entry).map_err(|e| io(std::io::Error::other(e)))?;
+            out.push(b'\n');
+        }
+        self.file.write_all(&out).map_err(io)?;
         self.file.sync_data().map_err(io)?;
-        self.lines += 1;
+        self.lines += entries.len();
         Ok(())
     }
 
@@ -276,6 +294,26 @@ impl Manifest {
         Ok(())
     }
 
+    /// Records the dedupe state of agents (durably, one fsync for all).
+    pub fn record_agents(&mut self, states: Vec<AgentState>) -> Result<(), ManifestError> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        let entries: Vec<Entry> = states.into_iter().map(Entry::Agent).collect();
+        self.append_all(&entries)?;
+        for entry in entries {
+            if let Entry::Agent(state) = entry {
+                self.agents.insert(state.agent_id.clone(), state);
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the stored dedupe state of every agent.
+    pub fn agents(&self) -> impl Iterator<Item = &AgentState> {
+        self.agents.values()
+    }
+
     /// Returns sealed files not confirmed by the sink yet.
     pub fn pending(&self) -> impl Iterator<Item = &SealedEntry> {
         self.pending.values()
@@ -301,7 +339,10 @@ impl Manifest {
     pub fn compact_if_large(&mut self, wal_first_position: u64) -> Result<(), ManifestError> {
         if self.lines < 10_000
             || self.lines
-                < 4 * (self.pending.len() + self.sealed_through.len() + self.imports.len())
+                < 4 * (self.pending.len()
+                    + self.sealed_through.len()
+                    + self.imports.len()
+                    + self.agents.len())
         {
             return Ok(());
         }
@@ -315,6 +356,7 @@ impl Manifest {
             id: self.writer_id.clone(),
         }];
         entries.extend(self.imports.values().cloned().map(Entry::Import));
+        entries.extend(self.agents.values().cloned().map(Entry::Agent));
         entries.extend(self.sealed_through.iter().map(|(s, t)| Entry::Stream {
             stream: StoredStream::from(s),
             sealed_through: *t,
@@ -409,6 +451,39 @@ mod tests {
         let m = Manifest::open(dir.path(), Some("configured")).unwrap();
         assert_eq!(m.writer_id(), "configured");
         assert_eq!(m.pending().count(), 2);
+    }
+
+    fn agent(id: &str, spool_id: u64, lsn: u64) -> AgentState {
+        AgentState {
+            agent_id: id.into(),
+            spool_id,
+            acked_below: 3,
+            seqs: [3, 5].into_iter().collect(),
+            lsn,
+        }
+    }
+
+    #[test]
+    fn agent_states_survive_reopen_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Manifest::open(dir.path(), None).unwrap();
+        m.record_agents(vec![agent("a", 1, 4), agent("b", 2, 5)])
+            .unwrap();
+        m.record_agents(vec![agent("a", 9, 7)]).unwrap();
+        m.record_agents(Vec::new()).unwrap();
+        drop(m);
+        let mut m = Manifest::open(dir.path(), None).unwrap();
+        let mut got: Vec<AgentState> = m.agents().cloned().collect();
+        got.sort_by(|x, y| x.agent_id.cmp(&y.agent_id));
+        assert_eq!(got, vec![agent("a", 9, 7), agent("b", 2, 5)]);
+        for i in 0..10_001u64 {
+            m.record_agents(vec![agent("c", 3, i)]).unwrap();
+        }
+        m.compact_if_large(0).unwrap();
+        assert!(m.lines < 10, "{}", m.lines);
+        let again = Manifest::open(dir.path(), None).unwrap();
+        assert_eq!(again.agents().count(), 3);
+        assert!(again.agents().any(|a| *a == agent("c", 3, 10_000)));
     }
 
     #[test]

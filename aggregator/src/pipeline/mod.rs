@@ -11,8 +11,14 @@
 //! every sealed file the manifest has not seen confirmed (same key, same bytes) and replays
 //! the WAL, skipping records that are already in sealed files, so every record is published
 //! exactly once.
+//!
+//! Batches pushed by agents arrive as [`Delivery`]s through a [`Deliverer`], which never
+//! blocks. The thread takes every delivery queued at once (group commit): drops those the
+//! [`dedupe`] state already has, appends the others, makes them durable with one fsync,
+//! answers them all, and only then stages their records.
 
 pub mod batch;
+pub mod dedupe;
 pub mod manifest;
 pub mod stager;
 pub mod window;
@@ -28,7 +34,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flowlog_formats::{FlowRecord, Text};
 use tokio_util::sync::CancellationToken;
 
-use self::batch::{BatchDecodeError, ImportMark, MAX_BATCH_RECORDS, WalBatch, lsn_of, position};
+use self::batch::{
+    BatchDecodeError, DeliveryMark, ImportMark, MAX_BATCH_RECORDS, WalBatch, decode_entry,
+    encode_entry, lsn_of, position, pushed_entry_head,
+};
+use self::dedupe::Dedupe;
 use self::manifest::{Manifest, ManifestError, SealedEntry, StoredStream};
 use self::stager::{SealedFile, StageError, Stager, StagerSettings};
 use self::window::{StreamKey, record_account, record_region, record_time, window_end};
@@ -71,6 +81,10 @@ enum Msg {
     SealAll {
         reply: SyncSender<()>,
     },
+    /// Deliveries are queued (see [`Deliverer::deliver`]).
+    Wake,
+    /// Finish (deliverers may still hold senders, so a closed channel is not enough).
+    Stop,
     WaitPublished {
         deadline: Instant,
         reply: SyncSender<bool>,
@@ -111,10 +125,121 @@ pub struct PipelineStats {
 #[derive(Debug)]
 pub struct Pipeline {
     tx: Option<SyncSender<Msg>>,
-    recycled: std::sync::Mutex<Receiver<Vec<FlowRecord>>>,
+    deliveries: Sender<Delivery>,
+    recycled: Arc<std::sync::Mutex<Receiver<Vec<FlowRecord>>>>,
     thread: Option<JoinHandle<Result<PipelineStats, PipelineError>>>,
     imports: HashMap<String, ImportMark>,
     writer_id: String,
+}
+
+/// A batch pushed by an agent on its way into the WAL, with its WAL entry already encoded
+/// (by the caller's thread, not the pipeline's).
+#[derive(Debug)]
+pub struct Delivery {
+    batch: WalBatch,
+    mark: DeliveryMark,
+    /// The WAL entry is `head` followed by `body`.
+    head: Vec<u8>,
+    body: bytes::Bytes,
+    reply: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl Delivery {
+    /// Prepares a delivery, serializing `batch` for the WAL. Once the pipeline has it,
+    /// `reply` receives `false` when the batch was written (and synced, as `[state] fsync`
+    /// says) or `true` when the WAL already had it (a duplicate, not written again). When
+    /// the pipeline fails first, `reply` is dropped without a value: the outcome is
+    /// unknown.
+    pub fn new(
+        batch: WalBatch,
+        mark: DeliveryMark,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    ) -> Result<Delivery, PipelineError> {
+        if batch.records.len() > MAX_BATCH_RECORDS {
+            return Err(PipelineError::BatchTooLarge(batch.records.len()));
+        }
+        let head = encode_entry(&batch, Some(&mark), Vec::new()).map_err(PipelineError::Encode)?;
+        Ok(Delivery {
+            batch,
+            mark,
+            head,
+            body: bytes::Bytes::new(),
+            reply,
+        })
+    }
+
+    /// Prepares a delivery whose WAL entry keeps `message`, the `PushRequest` exactly as
+    /// received, instead of serializing the records again. `batch.records` must be what
+    /// `message`'s batch decodes to (a replay of the entry decodes it again); `reply` as
+    /// for [`Delivery::new`].
+    pub fn pushed(
+        batch: WalBatch,
+        mark: DeliveryMark,
+        message: bytes::Bytes,
+        reply: tokio::sync::oneshot::Sender<bool>,
+    ) -> Result<Delivery, PipelineError> {
+        if batch.records.len() > MAX_BATCH_RECORDS {
+            return Err(PipelineError::BatchTooLarge(batch.records.len()));
+        }
+        let head = pushed_entry_head(&batch.flow_log_id, &batch.account_id, &batch.region, &mark)
+            .map_err(PipelineError::Encode)?;
+        Ok(Delivery {
+            batch,
+            mark,
+            head,
+            body: message,
+            reply,
+        })
+    }
+
+    /// Number of records.
+    pub fn records(&self) -> usize {
+        self.batch.records.len()
+    }
+}
+
+/// Hands [`Delivery`]s to the pipeline without blocking (for async callers). Memory is the
+/// caller's to bound: the queue itself is unbounded. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Deliverer {
+    deliveries: Sender<Delivery>,
+    wake: SyncSender<Msg>,
+    recycled: Arc<std::sync::Mutex<Receiver<Vec<FlowRecord>>>>,
+}
+
+impl Deliverer {
+    /// Queues a delivery; its `reply` answers once the group it joins is committed.
+    pub fn deliver(&self, delivery: Delivery) -> Result<(), PipelineError> {
+        self.deliveries
+            .send(delivery)
+            .map_err(|_| PipelineError::Stopped)?;
+        // A full channel means the thread has messages to handle, after each of which it
+        // takes the queued deliveries: no wake-up is lost.
+        match self.wake.try_send(Msg::Wake) {
+            Ok(()) | Err(mpsc::TrySendError::Full(_)) => Ok(()),
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(PipelineError::Stopped),
+        }
+    }
+
+    /// Returns an empty record buffer, reused when one is free (see
+    /// [`Pipeline::record_buffer`]).
+    pub fn record_buffer(&self, capacity: usize) -> Vec<FlowRecord> {
+        recycled_buffer(&self.recycled, capacity)
+    }
+}
+
+fn recycled_buffer(
+    recycled: &std::sync::Mutex<Receiver<Vec<FlowRecord>>>,
+    capacity: usize,
+) -> Vec<FlowRecord> {
+    let reused = recycled.lock().ok().and_then(|rx| rx.try_recv().ok());
+    match reused {
+        Some(mut buf) => {
+            buf.reserve(capacity);
+            buf
+        }
+        None => Vec::with_capacity(capacity),
+    }
 }
 
 impl std::fmt::Debug for Msg {
@@ -185,6 +310,8 @@ impl Pipeline {
             .imports()
             .map(|m| (m.input.clone(), m.clone()))
             .collect();
+        let dedupe = Dedupe::from_stored(manifest.agents().cloned());
+        let (deliveries_tx, deliveries_rx) = mpsc::channel();
         let mut core = Core {
             wal,
             stager,
@@ -202,6 +329,9 @@ impl Pipeline {
             sealed_scratch: Vec::new(),
             recycle_tx,
             encode_buf: Vec::new(),
+            dedupe,
+            deliveries: deliveries_rx,
+            replay_floor: 0,
         };
         runtime.spawn(upload_loop(
             upload_rx, sink, done_tx, metrics, health, cancel,
@@ -216,6 +346,8 @@ impl Pipeline {
             imports.insert(mark.input.clone(), mark);
         }
 
+        let agents_at_start = core.dedupe.agents();
+        let metrics_for_gauge = Arc::clone(&core.metrics);
         let (tx, rx) = mpsc::sync_channel(4);
         let thread = std::thread::Builder::new()
             .name("pipeline".into())
@@ -226,9 +358,11 @@ impl Pipeline {
                     source: e,
                 })
             })?;
+        core_metrics_agents(&metrics_for_gauge, agents_at_start);
         Ok(Pipeline {
             tx: Some(tx),
-            recycled: std::sync::Mutex::new(recycled),
+            deliveries: deliveries_tx,
+            recycled: Arc::new(std::sync::Mutex::new(recycled)),
             thread: Some(thread),
             imports,
             writer_id,
@@ -257,8 +391,16 @@ impl Pipeline {
     /// with, when there is one. Reusing the large batch buffers keeps the allocator from
     /// fragmenting the heap (peak memory then stays flat however much is imported).
     pub fn record_buffer(&self, capacity: usize) -> Vec<FlowRecord> {
-        let recycled = self.recycled.lock().ok().and_then(|rx| rx.try_recv().ok());
-        recycled.unwrap_or_else(|| Vec::with_capacity(capacity))
+        recycled_buffer(&self.recycled, capacity)
+    }
+
+    /// Returns a handle that queues batches pushed by agents (see [`Delivery`]).
+    pub fn deliverer(&self) -> Result<Deliverer, PipelineError> {
+        Ok(Deliverer {
+            deliveries: self.deliveries.clone(),
+            wake: self.tx.clone().ok_or(PipelineError::Stopped)?,
+            recycled: Arc::clone(&self.recycled),
+        })
     }
 
     /// Queues a batch (blocks while the pipeline is busy: backpressure). The batch is in the
@@ -301,9 +443,17 @@ impl Pipeline {
         rx.recv().map_err(|_| PipelineError::Stopped)
     }
 
+    /// Returns whether the pipeline thread has ended (after an error, or [`Pipeline::stop`]).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
     /// Stops the thread and returns the run's totals (or the error that stopped it).
     pub fn stop(mut self) -> Result<PipelineStats, PipelineError> {
-        self.tx = None;
+        if let Some(tx) = self.tx.take() {
+            // Fails only when the thread has already ended; joining tells why.
+            let _ = tx.send(Msg::Stop);
+        }
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(result)) => result,
             Some(Err(_)) | None => Err(PipelineError::Stopped),
@@ -375,6 +525,16 @@ struct Core {
     sealed_scratch: Vec<SealedFile>,
     recycle_tx: SyncSender<Vec<FlowRecord>>,
     encode_buf: Vec<u8>,
+    dedupe: Dedupe,
+    deliveries: Receiver<Delivery>,
+    /// While the WAL is replayed, the LSN being replayed: nothing from it on is reclaimed.
+    replay_floor: u64,
+}
+
+fn core_metrics_agents(metrics: &Metrics, agents: usize) {
+    metrics
+        .ingest_agents
+        .set(i64::try_from(agents).unwrap_or(i64::MAX));
 }
 
 impl Core {
@@ -405,11 +565,15 @@ impl Core {
                 }
                 Ok(Msg::SealAll { reply }) => {
                     let mut sealed = Vec::new();
+                    self.commit_deliveries()?;
                     self.stager.seal_all(&mut sealed)?;
                     self.publish(&mut sealed)?;
                     self.persist_imports()?;
+                    self.persist_agents()?;
                     let _ = reply.send(());
                 }
+                Ok(Msg::Wake) => {}
+                Ok(Msg::Stop) => break,
                 Ok(Msg::WaitPublished { deadline, reply }) => {
                     while !self.pending.is_empty() && Instant::now() < deadline {
                         match self
@@ -425,10 +589,61 @@ impl Core {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.commit_deliveries()?;
         }
+        self.commit_deliveries()?;
         self.persist_imports()?;
+        self.persist_agents()?;
         self.wal.sync()?;
         Ok(self.stats)
+    }
+
+    /// Group commit of every delivery queued: duplicates are answered without a write, the
+    /// others are appended, synced once, answered, and then staged. On a WAL failure the
+    /// group's replies are dropped unanswered (outcome unknown) and the error stops the
+    /// pipeline.
+    fn commit_deliveries(&mut self) -> Result<(), PipelineError> {
+        let mut group: Vec<(Delivery, Option<u64>)> = Vec::new();
+        while let Ok(delivery) = self.deliveries.try_recv() {
+            group.push((delivery, None));
+        }
+        if group.is_empty() {
+            return Ok(());
+        }
+        let mut appended = false;
+        for (delivery, lsn) in &mut group {
+            if self.dedupe.is_duplicate(&delivery.mark) {
+                continue;
+            }
+            let at = self
+                .wal
+                .append_unsynced_parts(&[&delivery.head, &delivery.body])?;
+            self.dedupe.record(&delivery.mark, at);
+            *lsn = Some(at);
+            appended = true;
+        }
+        if appended {
+            self.wal.commit()?;
+        }
+        let mut staged = Vec::with_capacity(group.len());
+        for (delivery, lsn) in group {
+            let Delivery { batch, reply, .. } = delivery;
+            let _ = reply.send(lsn.is_none());
+            if let Some(lsn) = lsn {
+                staged.push((lsn, batch));
+            }
+        }
+        core_metrics_agents(&self.metrics, self.dedupe.agents());
+        for (lsn, batch) in staged {
+            let n = batch.records.len() as u64;
+            self.stats.records_in += n;
+            self.metrics.records_in.inc_by(n);
+            self.stage(lsn, &batch, false)?;
+            let mut records = batch.records;
+            records.clear();
+            let _ = self.recycle_tx.try_send(records);
+        }
+        Ok(())
     }
 
     /// Appends a live batch to the WAL and stages its records.
@@ -457,13 +672,39 @@ impl Core {
         let flow_log_id: Text = batch.flow_log_id.as_str().into();
         let mut sealed = std::mem::take(&mut self.sealed_scratch);
         let mut late = 0u64;
+        // Records of a batch mostly share their stream (and their account and region
+        // texts): the key of the previous record is reused when it matches.
+        let mut stream = StreamKey {
+            account_id: Text::clone(&account),
+            region: Text::clone(&region),
+            flow_log_id,
+            window_end: 0,
+        };
+        let mut last: Option<(*const u8, *const u8)> = None;
         for (i, record) in batch.records.iter().enumerate() {
-            let stream = StreamKey {
-                account_id: Text::clone(record_account(record, &account)),
-                region: Text::clone(record_region(record, &region)),
-                flow_log_id: Text::clone(&flow_log_id),
-                window_end: window_end(record_time(record, now), self.window_secs),
-            };
+            let end = window_end(record_time(record, now), self.window_secs);
+            let texts = (
+                record
+                    .account_id
+                    .as_ref()
+                    .map_or(std::ptr::null(), |t| t.as_ptr()),
+                record
+                    .region
+                    .as_ref()
+                    .map_or(std::ptr::null(), |t| t.as_ptr()),
+            );
+            if last != Some(texts) {
+                let a = record_account(record, &account);
+                let r = record_region(record, &region);
+                if !Arc::ptr_eq(a, &stream.account_id) && **a != *stream.account_id {
+                    stream.account_id = Text::clone(a);
+                }
+                if !Arc::ptr_eq(r, &stream.region) && **r != *stream.region {
+                    stream.region = Text::clone(r);
+                }
+                last = Some(texts);
+            }
+            stream.window_end = end;
             let pos = position(lsn, i);
             if replay
                 && self
@@ -486,13 +727,20 @@ impl Core {
         Ok(())
     }
 
-    /// Replays the WAL at startup; returns the import marks it holds.
+    /// Replays the WAL at startup; returns the import marks it holds. Delivery marks go
+    /// into the dedupe state.
     fn replay(&mut self) -> Result<Vec<ImportMark>, PipelineError> {
         let mut marks: HashMap<String, ImportMark> = HashMap::new();
         let from = self.wal.first_lsn();
-        let entries: Vec<(u64, Vec<u8>)> = self.wal.replay(from)?.collect::<Result<_, _>>()?;
-        for (lsn, bytes) in entries {
-            let batch = WalBatch::decode(lsn, &bytes)?;
+        for entry in self.wal.replay(from)? {
+            let (lsn, bytes) = entry?;
+            // Entries from here on are not staged yet: their segments must stay.
+            self.replay_floor = lsn;
+            let (batch, delivery) = decode_entry(lsn, &bytes)?;
+            drop(bytes);
+            if let Some(mark) = &delivery {
+                self.dedupe.replay(mark, lsn);
+            }
             self.stats.records_replayed += batch.records.len() as u64;
             self.stage(lsn, &batch, true)?;
             if let Some(mark) = batch.import {
@@ -500,6 +748,7 @@ impl Core {
                 self.dirty_imports.insert(mark.input.clone(), mark);
             }
         }
+        self.replay_floor = u64::MAX;
         if self.stats.records_replayed > 0 {
             tracing::info!(
                 records = self.stats.records_replayed,
@@ -587,6 +836,13 @@ impl Core {
         self.reclaim()
     }
 
+    fn persist_agents(&mut self) -> Result<(), PipelineError> {
+        if self.dedupe.is_dirty() {
+            self.manifest.record_agents(self.dedupe.take_dirty())?;
+        }
+        Ok(())
+    }
+
     fn persist_imports(&mut self) -> Result<(), PipelineError> {
         for (_, mark) in self.dirty_imports.drain() {
             self.manifest.record_import(&mark)?;
@@ -602,9 +858,16 @@ impl Core {
             .into_iter()
             .chain(self.pending.values().map(|p| p.first))
             .min();
-        let below = lowest.map_or(self.wal.next_lsn(), lsn_of);
+        let below = lowest
+            .map_or(self.wal.next_lsn(), lsn_of)
+            .min(self.replay_floor);
         if below > self.wal.first_lsn() {
             self.persist_imports()?;
+            if self.wal.reclaimable(below) {
+                // The segments about to go hold delivery marks: the manifest must have
+                // the dedupe state they contributed to first.
+                self.persist_agents()?;
+            }
             self.wal.reclaim(below)?;
             self.manifest
                 .compact_if_large(position(self.wal.first_lsn(), 0))?;
@@ -627,5 +890,307 @@ impl Core {
             self.wal.disk_bytes(),
             oldest.map_or(0, |w| now.saturating_sub(w)),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use flowlog_formats::input::RecordSource;
+    use flowlog_formats::{FlowRecord, LogStatus};
+
+    use super::*;
+    use crate::sink::local::LocalDirSink;
+
+    const T0: u64 = 1_704_067_200;
+
+    struct Harness {
+        dir: tempfile::TempDir,
+        rt: tokio::runtime::Runtime,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            Harness {
+                dir: tempfile::tempdir().unwrap(),
+                rt: tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .enable_all()
+                    .build()
+                    .unwrap(),
+            }
+        }
+
+        fn settings(&self) -> Settings {
+            let text = format!(
+                "[flow_log]\nid = \"fl-1\"\naccount_id = \"123456789012\"\nregion = \"us-east-1\"\n[sink]\npath = \"{}\"\n[state]\ndir = \"{}\"\n",
+                self.out().display(),
+                self.state().display()
+            );
+            let mut s = crate::config::parse(&text, "test.toml").unwrap();
+            // Tiny segments: every batch rotates, so publishing reclaims segments.
+            s.state.wal_segment_bytes = 2048;
+            s
+        }
+
+        fn out(&self) -> PathBuf {
+            self.dir.path().join("out")
+        }
+
+        fn state(&self) -> PathBuf {
+            self.dir.path().join("state")
+        }
+
+        fn start(&self) -> Pipeline {
+            let sink: Arc<dyn ObjectSink> = Arc::new(LocalDirSink::new(self.out()).unwrap());
+            Pipeline::start(
+                &self.settings(),
+                sink,
+                Metrics::new(),
+                Health::default(),
+                self.rt.handle().clone(),
+                CancellationToken::new(),
+            )
+            .unwrap()
+        }
+
+        fn published_records(&self) -> Vec<u64> {
+            let mut out = Vec::new();
+            let mut stack = vec![self.out()];
+            while let Some(dir) = stack.pop() {
+                for e in fs::read_dir(&dir).unwrap().flatten() {
+                    let p = e.path();
+                    if e.file_name().to_string_lossy().starts_with('.') {
+                        continue;
+                    }
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else {
+                        for r in RecordSource::open_path(&p, None).unwrap() {
+                            out.push(r.unwrap().bytes.unwrap());
+                        }
+                    }
+                }
+            }
+            out.sort_unstable();
+            out
+        }
+    }
+
+    fn mark(agent: &str, spool_id: u64, seq: u64, acked_below: u64) -> DeliveryMark {
+        DeliveryMark {
+            agent_id: agent.into(),
+            spool_id,
+            seq,
+            acked_below,
+        }
+    }
+
+    /// `n` records whose `bytes` field is `tag * 1000 + i`.
+    fn records(tag: u64, n: u64) -> Vec<FlowRecord> {
+        (0..n)
+            .map(|i| FlowRecord {
+                account_id: Some("123456789012".into()),
+                interface_id: Some("eni-1".into()),
+                start: Some(T0),
+                end: Some(T0 + 10),
+                bytes: Some(tag * 1000 + i),
+                log_status: Some(LogStatus::Ok),
+                ..FlowRecord::default()
+            })
+            .collect()
+    }
+
+    fn wal_batch(records: Vec<FlowRecord>) -> WalBatch {
+        WalBatch {
+            flow_log_id: "fl-1".into(),
+            account_id: "123456789012".into(),
+            region: "us-east-1".into(),
+            import: None,
+            records,
+        }
+    }
+
+    /// Queues a delivery and returns the receiver of its answer.
+    fn queue(
+        d: &Deliverer,
+        m: DeliveryMark,
+        records: Vec<FlowRecord>,
+    ) -> tokio::sync::oneshot::Receiver<bool> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        d.deliver(Delivery::new(wal_batch(records), m, tx).unwrap())
+            .unwrap();
+        rx
+    }
+
+    /// Delivers and returns whether it was a duplicate.
+    fn deliver(p: &Pipeline, m: DeliveryMark, records: Vec<FlowRecord>) -> bool {
+        queue(&p.deliverer().unwrap(), m, records)
+            .blocking_recv()
+            .unwrap()
+    }
+
+    fn finish(p: Pipeline) -> PipelineStats {
+        p.seal_all().unwrap();
+        assert!(p.wait_published(Duration::from_secs(30)).unwrap());
+        p.stop().unwrap()
+    }
+
+    fn manifest_without_agents(state: &Path) {
+        let path = state.join("manifest.jsonl");
+        let text = fs::read_to_string(&path).unwrap();
+        let kept: String = text
+            .lines()
+            .filter(|l| !l.contains("\"op\":\"agent\""))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_ne!(kept.len(), text.len(), "the manifest held agent states");
+        fs::write(&path, kept).unwrap();
+    }
+
+    #[test]
+    fn duplicate_after_restart_rebuilt_from_the_wal() {
+        let h = Harness::new();
+        let p = h.start();
+        assert!(!deliver(&p, mark("a", 1, 1, 1), records(1, 3)));
+        assert!(deliver(&p, mark("a", 1, 1, 1), records(1, 3)));
+        // Stop without publishing: the WAL keeps the entry.
+        let stats = p.stop().unwrap();
+        assert_eq!(stats.records_in, 3);
+        // As after a crash before the state reached the manifest: only the WAL knows.
+        manifest_without_agents(&h.state());
+        let p = h.start();
+        assert!(deliver(&p, mark("a", 1, 1, 1), records(1, 3)));
+        assert!(!deliver(&p, mark("a", 1, 2, 1), records(2, 2)));
+        let stats = finish(p);
+        assert_eq!(stats.records_replayed, 3);
+        assert_eq!(h.published_records(), vec![1000, 1001, 1002, 2000, 2001]);
+    }
+
+    #[test]
+    fn a_pushed_entry_keeps_the_message_and_replays_from_it() {
+        use prost::Message;
+        let h = Harness::new();
+        let p = h.start();
+        let m = mark("a", 4, 1, 1);
+        let message = flowlog_transport::pb::PushRequest {
+            agent_id: "a".into(),
+            spool_id: 4,
+            seq: 1,
+            acked_below: 1,
+            batch: Some(flowlog_transport::encode_batch(&records(5, 3))),
+        }
+        .encode_to_vec();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let d = Delivery::pushed(wal_batch(records(5, 3)), m.clone(), message.into(), tx).unwrap();
+        p.deliverer().unwrap().deliver(d).unwrap();
+        assert!(!rx.blocking_recv().unwrap());
+        p.stop().unwrap();
+        manifest_without_agents(&h.state());
+        let p = h.start();
+        assert!(deliver(&p, m, records(5, 3)), "the replayed mark dedupes");
+        let stats = finish(p);
+        assert_eq!(stats.records_replayed, 3);
+        assert_eq!(h.published_records(), vec![5000, 5001, 5002]);
+    }
+
+    #[test]
+    fn duplicate_after_its_wal_segment_was_reclaimed() {
+        let h = Harness::new();
+        let p = h.start();
+        for seq in 1..=5 {
+            assert!(!deliver(&p, mark("a", 1, seq, 1), records(seq, 40)));
+        }
+        p.seal_all().unwrap();
+        assert!(p.wait_published(Duration::from_secs(30)).unwrap());
+        // Reclaiming stored the state first (not only the stop below).
+        let manifest = fs::read_to_string(h.state().join("manifest.jsonl")).unwrap();
+        assert!(manifest.contains("\"op\":\"agent\""), "{manifest}");
+        p.stop().unwrap();
+        let first = Wal::open(WalSettings::new(h.state().join("wal")))
+            .unwrap()
+            .first_lsn();
+        // Only the active segment (the last batch) is left.
+        assert_eq!(first, 5, "the segments holding seqs 1-4 are reclaimed");
+        let p = h.start();
+        for seq in 1..=5 {
+            assert!(
+                deliver(&p, mark("a", 1, seq, 1), records(seq, 40)),
+                "seq {seq}"
+            );
+        }
+        assert!(!deliver(&p, mark("a", 1, 6, 1), records(6, 1)));
+        let stats = finish(p);
+        // The last batch is still in the (active) WAL segment: replayed, not republished.
+        assert_eq!((stats.records_in, stats.records_replayed), (1, 40));
+        assert_eq!(h.published_records().len(), 5 * 40 + 1);
+    }
+
+    #[test]
+    fn a_new_spool_id_starts_afresh() {
+        let h = Harness::new();
+        let p = h.start();
+        assert!(!deliver(&p, mark("a", 1, 1, 1), records(1, 1)));
+        assert!(!deliver(&p, mark("a", 2, 1, 1), records(2, 1)));
+        assert!(deliver(&p, mark("a", 2, 1, 1), records(2, 1)));
+        // Another agent with the same numbers is its own.
+        assert!(!deliver(&p, mark("b", 2, 1, 1), records(3, 1)));
+        finish(p);
+        assert_eq!(h.published_records(), vec![1000, 2000, 3000]);
+    }
+
+    #[test]
+    fn seqs_below_acked_below_are_pruned_and_stay_duplicates() {
+        let h = Harness::new();
+        let p = h.start();
+        for seq in 1..=30 {
+            assert!(!deliver(
+                &p,
+                mark("a", 9, seq, seq.saturating_sub(2).max(1)),
+                records(seq, 1)
+            ));
+        }
+        finish(p);
+        let m = Manifest::open(&h.state(), None).unwrap();
+        let a = m.agents().find(|a| a.agent_id == "a").unwrap();
+        assert_eq!(a.acked_below, 28);
+        assert_eq!(a.seqs.iter().copied().collect::<Vec<_>>(), vec![28, 29, 30]);
+        drop(m);
+        let p = h.start();
+        assert!(
+            deliver(&p, mark("a", 9, 3, 28), records(3, 1)),
+            "below acked_below"
+        );
+        assert!(
+            deliver(&p, mark("a", 9, 29, 28), records(29, 1)),
+            "kept in the set"
+        );
+        assert!(!deliver(&p, mark("a", 9, 31, 29), records(31, 1)));
+        finish(p);
+        assert_eq!(h.published_records().len(), 31);
+    }
+
+    #[test]
+    fn group_commit_answers_every_delivery_and_dedupes_within_the_group() {
+        let h = Harness::new();
+        let p = h.start();
+        let d = p.deliverer().unwrap();
+        let mut answers = Vec::new();
+        for seq in 1..=20 {
+            answers.push(queue(&d, mark("a", 1, seq, 1), records(seq, 2)));
+            if seq % 5 == 0 {
+                answers.push(queue(&d, mark("a", 1, seq, 1), records(seq, 2)));
+            }
+        }
+        let duplicates: Vec<bool> = answers
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap())
+            .collect();
+        assert_eq!(duplicates.len(), 24);
+        assert_eq!(duplicates.iter().filter(|d| **d).count(), 4);
+        drop(d);
+        finish(p);
+        assert_eq!(h.published_records().len(), 40);
     }
 }

@@ -1,0 +1,157 @@
+//! The `flowlog.ingest.v1.Ingest` service as tonic serves it, with a codec that keeps each
+//! `PushRequest`'s bytes next to the decoded message: the WAL stores the message as
+//! received, so the ingest path never serializes a batch again.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use flowlog_transport::pb::ingest_server::SERVICE_NAME;
+use flowlog_transport::pb::{PushReply, PushRequest};
+use prost::Message;
+use tonic::body::Body;
+use tonic::codec::{
+    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
+};
+use tonic::codegen::http::{self, Request, Response};
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::{Code, Status};
+
+use super::service::IngestService;
+
+/// Path of the one method.
+pub const PUSH_PATH: &str = "/flowlog.ingest.v1.Ingest/Push";
+
+/// A push as received: the message's bytes (after decompression) and the message.
+#[derive(Debug)]
+pub struct RawPush {
+    /// The encoded `PushRequest`.
+    pub bytes: Bytes,
+    /// The decoded `PushRequest`.
+    pub request: PushRequest,
+}
+
+/// Decodes [`RawPush`]es, encodes [`PushReply`]s.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushCodec;
+
+/// Encoder of [`PushCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReplyEncoder;
+
+/// Decoder of [`PushCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PushDecoder;
+
+impl Encoder for ReplyEncoder {
+    type Item = PushReply;
+    type Error = Status;
+
+    fn encode(&mut self, item: PushReply, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(buf)
+            .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))
+    }
+}
+
+impl Decoder for PushDecoder {
+    type Item = RawPush;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<RawPush>, Status> {
+        // Splits the message off tonic's buffer without copying it.
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        let request = PushRequest::decode(bytes.clone()).map_err(|e| {
+            Status::invalid_argument(format!("the message is not a valid PushRequest: {e}"))
+        })?;
+        Ok(Some(RawPush { bytes, request }))
+    }
+}
+
+impl Codec for PushCodec {
+    type Encode = PushReply;
+    type Decode = RawPush;
+    type Encoder = ReplyEncoder;
+    type Decoder = PushDecoder;
+
+    fn encoder(&mut self) -> ReplyEncoder {
+        ReplyEncoder
+    }
+
+    fn decoder(&mut self) -> PushDecoder {
+        PushDecoder
+    }
+}
+
+/// The `Ingest` service: routes `Push` to [`IngestService`], answers UNIMPLEMENTED to
+/// anything else. Accepts zstd and gzip requests and compresses replies when asked.
+#[derive(Debug, Clone)]
+pub struct IngestRoute {
+    inner: Arc<IngestService>,
+    max_message_bytes: usize,
+    compression: EnabledCompressionEncodings,
+}
+
+impl IngestRoute {
+    /// Serves `inner`, refusing messages larger than `max_message_bytes` once decompressed.
+    pub fn new(inner: IngestService, max_message_bytes: usize) -> IngestRoute {
+        let mut compression = EnabledCompressionEncodings::default();
+        compression.enable(CompressionEncoding::Zstd);
+        compression.enable(CompressionEncoding::Gzip);
+        IngestRoute {
+            inner: Arc::new(inner),
+            max_message_bytes,
+            compression,
+        }
+    }
+}
+
+impl NamedService for IngestRoute {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+/// The unary method handed to tonic.
+struct PushMethod(Arc<IngestService>);
+
+impl UnaryService<RawPush> for PushMethod {
+    type Response = PushReply;
+    type Future = BoxFuture<tonic::Response<PushReply>, Status>;
+
+    fn call(&mut self, request: tonic::Request<RawPush>) -> Self::Future {
+        let inner = Arc::clone(&self.0);
+        Box::pin(async move { inner.push(request).await })
+    }
+}
+
+impl Service<Request<Body>> for IngestRoute {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if request.uri().path() != PUSH_PATH {
+            return Box::pin(async move {
+                let mut response = Status::new(Code::Unimplemented, "").into_http::<Body>();
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    tonic::metadata::GRPC_CONTENT_TYPE,
+                );
+                Ok(response)
+            });
+        }
+        let method = PushMethod(Arc::clone(&self.inner));
+        let compression = self.compression;
+        let max = self.max_message_bytes;
+        Box::pin(async move {
+            let mut grpc = Grpc::new(PushCodec)
+                .apply_compression_config(compression, compression)
+                .apply_max_message_size_config(Some(max), None);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}

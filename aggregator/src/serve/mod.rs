@@ -1,0 +1,323 @@
+//! `flowlog-aggregator serve`: agents push batches over gRPC (TLS), the aggregator writes
+//! them to its WAL, acks, and publishes them like any other input.
+//!
+//! ```text
+//! TLS ─▶ guard (call slots, size limit) ─▶ auth (token ↔ agent_id) ─▶ room (pending records)
+//!   ─▶ decode ─▶ pipeline: dedupe + WAL append, one fsync per group ─▶ ack ─▶ windows ─▶ sink
+//! ```
+//!
+//! - [`auth`]: the tokens file and bearer-token checks (reloaded on SIGHUP);
+//! - [`tls`]: the server identity and the optional client CA (mTLS);
+//! - [`guard`]: call slots and the answer to oversized messages;
+//! - [`codec`]: the gRPC service, keeping each message's bytes for the WAL;
+//! - [`service`]: what a push goes through.
+//!
+//! `docs/delivery.md` is the contract this follows.
+
+pub mod auth;
+pub mod codec;
+pub mod guard;
+pub mod service;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+use self::auth::{Authenticator, TokensError};
+use self::codec::IngestRoute;
+use self::guard::Guard;
+use self::service::IngestService;
+use crate::config::{ListenSettings, Problem, Settings};
+use crate::pipeline::{Pipeline, PipelineError, PipelineStats};
+use crate::sink::ConnectError;
+use crate::telemetry::{self, Health, Metrics, TelemetryError};
+
+/// How often the HTTP/2 connection of an idle agent is pinged.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Failure of `serve`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The config has no `[listen]` section.
+    #[error("serve needs a [listen] section")]
+    NoListen,
+    /// The tokens file cannot be used.
+    #[error(transparent)]
+    Tokens(#[from] TokensError),
+    /// The TLS files cannot be used.
+    #[error("{}", .0.iter().map(|p| format!("{}: {}", p.key, p.message)).collect::<Vec<_>>().join("; "))]
+    Tls(Vec<Problem>),
+    /// The runtime could not be built.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {address} (listen.address)")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The sink cannot be reached.
+    #[error(transparent)]
+    Sink(#[from] ConnectError),
+    /// The metrics endpoint cannot start.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// The pipeline failed (the WAL keeps what was acked).
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The gRPC server failed.
+    #[error("the gRPC server failed")]
+    Server(#[source] tonic::transport::Error),
+}
+
+/// What a `serve` run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeSummary {
+    /// Totals of the pipeline.
+    pub stats: PipelineStats,
+    /// True when every sealed file was published before exiting (else the rest is
+    /// uploaded at the next start).
+    pub published: bool,
+}
+
+/// Runs the server until SIGTERM or SIGINT, then stops taking calls, lets the calls in
+/// progress finish, seals every open file and waits up to `[service] shutdown_grace` for
+/// the uploads.
+pub fn run(settings: &Settings) -> Result<ServeSummary, ServeError> {
+    let listen = settings.listen.as_ref().ok_or(ServeError::NoListen)?;
+    let auth = Arc::new(Authenticator::load(&listen.tokens_file)?);
+    if auth.agents() == 0 {
+        tracing::warn!(file = %listen.tokens_file.display(), "the tokens file lists no agent: every push is refused");
+    }
+    warn_if_world_readable(&listen.tokens_file);
+    let tls = match &listen.tls {
+        Some(files) => Some(tls::server_tls_config(files).map_err(ServeError::Tls)?),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("serve")
+        .build()
+        .map_err(ServeError::Runtime)?;
+    let cancel = CancellationToken::new();
+    let metrics = Metrics::new();
+    let health = Health::default();
+    let sink = runtime.block_on(crate::sink::connect(settings))?;
+    telemetry::start_http(
+        &runtime,
+        settings.service.metrics_address.as_deref(),
+        &metrics,
+        &health,
+        &cancel,
+    )?;
+    let pipeline = Pipeline::start(
+        settings,
+        sink,
+        Arc::clone(&metrics),
+        health.clone(),
+        runtime.handle().clone(),
+        cancel.clone(),
+    )?;
+    let served = serve_until_stopped(&runtime, settings, listen, tls, &auth, &pipeline, &metrics);
+    if let Err(e) = &served {
+        tracing::error!(error = %e, "the server failed; sealing and stopping");
+    }
+    // An error means the pipeline has stopped: `stop` below returns why.
+    let published = pipeline
+        .seal_all()
+        .and_then(|()| pipeline.wait_published(settings.service.shutdown_grace))
+        .unwrap_or(false);
+    cancel.cancel();
+    let stats = pipeline.stop()?;
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    served?;
+    if !published {
+        tracing::warn!(
+            state = %settings.state.dir.display(),
+            "some files are still staged; they are uploaded at the next start"
+        );
+    }
+    Ok(ServeSummary { stats, published })
+}
+
+/// Binds, serves until a signal (or a failure), and returns once the server has stopped.
+fn serve_until_stopped(
+    runtime: &tokio::runtime::Runtime,
+    settings: &Settings,
+    listen: &ListenSettings,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    auth: &Arc<Authenticator>,
+    pipeline: &Pipeline,
+    metrics: &Arc<Metrics>,
+) -> Result<(), ServeError> {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(listen.address))
+        .map_err(|source| ServeError::Bind {
+            address: listen.address,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| ServeError::Bind {
+        address: listen.address,
+        source,
+    })?;
+    let failed = CancellationToken::new();
+    let pending = Arc::new(Semaphore::new(listen.max_pending_records as usize));
+    let calls = Arc::new(Semaphore::new(listen.max_concurrent_pushes));
+    let service = IngestService::new(
+        Arc::clone(auth),
+        pipeline.deliverer()?,
+        settings.flow_log.clone(),
+        Arc::clone(&pending),
+        listen.max_pending_records,
+        listen.push_timeout,
+        Arc::clone(metrics),
+        failed.clone(),
+    );
+    let ingest = IngestRoute::new(service, listen.max_batch_bytes);
+    let guarded = Guard::new(
+        ingest,
+        Arc::clone(&calls),
+        listen.push_timeout,
+        listen.max_batch_bytes,
+        Arc::clone(metrics),
+    );
+    let mut builder = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    let secure = tls.is_some();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).map_err(ServeError::Server)?;
+    }
+    let router = builder.add_service(guarded);
+
+    let stop = CancellationToken::new();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut server = runtime
+        .spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
+    runtime.spawn(reload_on_sighup(Arc::clone(auth), stop.clone()));
+    if !secure {
+        tracing::warn!(
+            %address,
+            "listen.insecure = true: serving plaintext gRPC; tokens and records travel unencrypted"
+        );
+    }
+    tracing::info!(
+        %address,
+        tls = secure,
+        mtls = listen.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        agents = auth.agents(),
+        "listening"
+    );
+
+    let grace = settings.service.shutdown_grace;
+    runtime.block_on(async {
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        let mut signalled = std::pin::pin!(telemetry::shutdown_signal());
+        let early = loop {
+            tokio::select! {
+                () = &mut signalled => {
+                    tracing::info!("stopping: no new calls; letting the calls in progress finish");
+                    break None;
+                }
+                () = failed.cancelled() => {
+                    tracing::error!("the pipeline has stopped; shutting down");
+                    break None;
+                }
+                result = &mut server => break Some(result),
+                _ = check.tick() => {
+                    if pipeline.is_finished() {
+                        tracing::error!("the pipeline has stopped; shutting down");
+                        break None;
+                    }
+                }
+            }
+        };
+        stop.cancel();
+        // Calls waiting for room are answered UNAVAILABLE at once; calls already admitted
+        // finish normally.
+        pending.close();
+        calls.close();
+        let result = match early {
+            Some(result) => result,
+            None => {
+                // Idle connections may take long to close (an agent that does not answer
+                // the GOAWAY ping): what matters is that no call is in progress. The
+                // server task keeps closing connections (and sending the last replies)
+                // while the files are sealed and uploaded.
+                let all = listen.max_concurrent_pushes;
+                let drained = async {
+                    while calls.available_permits() < all {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                };
+                tokio::select! {
+                    result = &mut server => result,
+                    () = drained => Ok(Ok(())),
+                    () = tokio::time::sleep(grace) => {
+                        tracing::warn!(
+                            "calls still in progress after service.shutdown_grace; stopping anyway"
+                        );
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ServeError::Server(e)),
+            Err(join) => {
+                tracing::error!(error = %join, "the gRPC server task ended abnormally");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Reloads the tokens file on every SIGHUP until `stop` fires.
+async fn reload_on_sighup(auth: Arc<Authenticator>, stop: CancellationToken) {
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the tokens file is not reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            got = hangups.recv() => if got.is_none() { return },
+        }
+        match auth.reload() {
+            Ok(agents) => {
+                tracing::info!(file = %auth.path().display(), agents, "reloaded the tokens file");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload the tokens file; the previous tokens stay in force");
+            }
+        }
+    }
+}
+
+#[cfg(unix)]
+fn warn_if_world_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        tracing::warn!(file = %path.display(), "the tokens file is readable by every user; chmod 600 it");
+    }
+}
+
+#[cfg(not(unix))]
+fn warn_if_world_readable(_path: &std::path::Path) {}
