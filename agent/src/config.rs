@@ -75,8 +75,11 @@ pub struct AgentSettings {
     /// `[metadata]` and the `subnet_id`/`vpc_id` of `[[interface]]`: the ids, AWS services
     /// and traffic paths written in records (see [`crate::metadata`]).
     pub metadata: crate::metadata::MetadataSettings,
+    /// `[aggregator]`, `[spool]` and `[service]` when records are shipped to aggregators
+    /// (`[aggregator]` set); `None` = standalone mode or `--stdout`.
+    pub ship: Option<crate::ship::settings::ShipSettings>,
     /// Standalone mode's publishing pipeline: `[output]` file keys, `[sink]`, `[state]`,
-    /// `[service]`, as in the aggregator's config.
+    /// `[service]`, as in the aggregator's config (defaults when `[aggregator]` is set).
     #[cfg(feature = "standalone")]
     pub publish: flowlog_aggregator::config::Settings,
 }
@@ -184,6 +187,7 @@ pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
         path: path.to_owned(),
         problems: vec![("(syntax)".into(), e.message().to_owned())],
     })?;
+    let (table, ship_sections, mut ship_problems) = split_shipping(table);
     let (agent_table, publish_table) = split_publishing(table);
     let raw: RawConfig =
         toml::Value::Table(agent_table)
@@ -303,6 +307,19 @@ pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
     let firewall = crate::nflog::validate_config(raw.firewall, &mut add);
     let max_flows = flow.max_flows.unwrap_or(1 << 20);
     let capture = raw.capture.unwrap_or_default().validate(&mut problems);
+    let ship = ship_sections.and_then(|(aggregator, spool, service)| {
+        let mut add = |key: &str, problem: String| ship_problems.push((key.to_owned(), problem));
+        let aggregator = crate::ship::settings::section(aggregator, "aggregator", &mut add);
+        let spool = crate::ship::settings::section(spool, "spool", &mut add);
+        let service = crate::ship::settings::section(service, "service", &mut add);
+        crate::ship::settings::validate(
+            aggregator.unwrap_or_default(),
+            spool.unwrap_or_default(),
+            service.unwrap_or_default(),
+            &mut add,
+        )
+    });
+    problems.append(&mut ship_problems);
     // The publishing sections share `flow_log` and `output.log_format` with the agent: a
     // problem there is reported once.
     for (key, problem) in publish.problems {
@@ -336,9 +353,59 @@ pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
         firewall,
         capture,
         metadata,
+        ship,
         #[cfg(feature = "standalone")]
         publish,
     })
+}
+
+/// The sections of shipping mode: `[aggregator]`, `[spool]`, `[service]`.
+type ShipSections = (
+    Option<toml::Value>,
+    Option<toml::Value>,
+    Option<toml::Value>,
+);
+
+/// Takes `[aggregator]` and `[spool]` (and, with `[aggregator]`, `[service]`) out of the
+/// config. With `[aggregator]` the records go to the aggregator, so standalone mode's
+/// sections (`[sink]`, `[state]`, the file keys of `[output]`) are refused.
+fn split_shipping(
+    mut table: toml::Table,
+) -> (toml::Table, Option<ShipSections>, Vec<(String, String)>) {
+    let mut problems = Vec::new();
+    let aggregator = table.remove("aggregator");
+    let spool = table.remove("spool");
+    let Some(aggregator) = aggregator else {
+        if spool.is_some() {
+            problems.push((
+                "spool".to_owned(),
+                "needs [aggregator]: the spool holds the batches shipped to aggregators".to_owned(),
+            ));
+        }
+        return (table, None, problems);
+    };
+    let service = table.remove("service");
+    let standalone_only = |what: &str| {
+        format!(
+            "[aggregator] is set, so records go to the aggregator; {what} applies to              standalone mode only (remove it, or remove [aggregator])"
+        )
+    };
+    for name in ["sink", "state"] {
+        if table.remove(name).is_some() {
+            problems.push((name.to_owned(), standalone_only(&format!("[{name}]"))));
+        }
+    }
+    if let Some(toml::Value::Table(output)) = table.get_mut("output") {
+        for key in PUBLISH_OUTPUT_KEYS {
+            if output.remove(key).is_some() {
+                problems.push((
+                    format!("output.{key}"),
+                    standalone_only(&format!("output.{key}")),
+                ));
+            }
+        }
+    }
+    (table, Some((Some(aggregator), spool, service)), problems)
 }
 
 /// Sections of the aggregator's publishing pipeline (standalone mode); the agent shares
@@ -435,7 +502,8 @@ fn publish_settings(table: &toml::Table) -> Publish {
             problems.push((
                 key,
                 "this flowlog-agent is built without standalone output (cargo feature \
-                 `standalone`)"
+                 `standalone`): set [aggregator] to ship records to an aggregator, or use \
+                 --stdout"
                     .to_owned(),
             ));
         }
@@ -512,5 +580,81 @@ addresses = ["10.0.0.10", "10.244.1.0/24", "2001:db8:1:1::/64", "2001:db8:1:1::1
         assert!(TrafficFilter::Reject.keeps(None));
         assert!(!TrafficFilter::Reject.keeps(Some(Action::Accept)));
         assert!(TrafficFilter::Accept.keeps(Some(Action::Accept)));
+    }
+
+    const EXAMPLE: &str = include_str!("../../docs/agent.example.toml");
+
+    /// The example's fleet-mode variant, as its comments say to make it: standalone-only
+    /// keys removed, `[aggregator]` and `[spool]` uncommented, files pointed at `dir`.
+    fn fleet_example(dir: &std::path::Path) -> String {
+        let (standalone, fleet) = EXAMPLE.split_once("# Fleet mode").unwrap();
+        let mut out = String::new();
+        let mut skip = false;
+        for line in standalone.lines() {
+            if line.starts_with('[') {
+                skip = line == "[sink]" || line == "[state]";
+            }
+            let key = line.split('=').next().unwrap_or("").trim();
+            if skip || ["format", "layout", "window", "grace", "shutdown_grace"].contains(&key) {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        for line in fleet.lines() {
+            if let Some(l) = line.strip_prefix("# ")
+                && ((l.starts_with('[') && l.ends_with(']'))
+                    || (l.contains(" = ") && l.starts_with(|c: char| c.is_ascii_lowercase())))
+            {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        let pki = flowlog_tests::pki::TestPki::generate(&dir.join("pki")).unwrap();
+        let token = dir.join("agent.token");
+        std::fs::write(&token, "t0ken\n").unwrap();
+        out.replace("/etc/flowlog/tls/ca.pem", &pki.ca.display().to_string())
+            .replace("/etc/flowlog/agent.token", &token.display().to_string())
+    }
+
+    #[test]
+    fn the_example_config_parses_in_both_modes() {
+        #[cfg(feature = "standalone")]
+        {
+            let s = parse(EXAMPLE, "agent.example.toml").unwrap();
+            assert!(s.ship.is_none());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = fleet_example(dir.path());
+        let s = parse(&fleet, "fleet.toml").unwrap_or_else(|e| panic!("{e}\n{fleet}"));
+        let ship = s.ship.unwrap();
+        assert_eq!(ship.endpoints.len(), 2);
+        assert_eq!(ship.agent_id, "web-01");
+        assert_eq!(ship.token.expose(), "t0ken");
+        assert_eq!(ship.service.log_level, "info");
+    }
+
+    #[test]
+    fn with_an_aggregator_standalone_sections_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fleet = fleet_example(dir.path());
+        let e = parse(
+            &format!("{fleet}\n[sink]\npath = \"x\"\n[state]\ndir = \"y\"\n")
+                .replace("\n[output]\n", "\n[output]\nformat = \"parquet\"\n")
+                .replace("\n[service]\n", "\n[service]\nshutdown_grace = \"5s\"\n"),
+            "fleet.toml",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|(k, _)| k.as_str()).collect();
+        for k in ["sink", "state", "output.format", "service.shutdown_grace"] {
+            assert!(keys.contains(&k), "{k} missing: {e}");
+        }
+        assert!(
+            e.to_string().contains("records go to the aggregator"),
+            "{e}"
+        );
+        // [spool] without [aggregator] makes no sense.
+        let e = parse(&format!("{GOOD}[spool]\ndir = \"s\"\n"), "t").unwrap_err();
+        assert!(e.problems.iter().any(|(k, _)| k == "spool"), "{e}");
     }
 }

@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod nflog;
 pub mod pcap;
 pub mod replay;
+pub mod ship;
 #[cfg(feature = "standalone")]
 pub mod standalone;

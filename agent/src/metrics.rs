@@ -1,5 +1,6 @@
-//! The agent's Prometheus metrics (served on `[service].metrics_address`, next to the
-//! publishing pipeline's in standalone mode).
+//! The agent's Prometheus metrics (served on `[service].metrics_address`: next to the
+//! publishing pipeline's in standalone mode, by the agent's own endpoint when shipping to an
+//! aggregator).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -9,7 +10,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 use flowlog_formats::{FlowRecord, LogStatus};
@@ -46,6 +47,119 @@ pub struct NflogLabels {
     pub outcome: &'static str,
 }
 
+/// Labels `{duplicate}` of acknowledged batches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AckLabels {
+    /// `true` when the aggregator already had the batch.
+    pub duplicate: &'static str,
+}
+
+/// Labels `{endpoint}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// The endpoint URL as configured.
+    pub endpoint: String,
+}
+
+/// Labels `{endpoint, code}` of failed pushes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// The endpoint URL as configured.
+    pub endpoint: String,
+    /// The gRPC status (`unauthenticated`, `unavailable`, …), `timeout` (no reply within
+    /// `push_timeout`) or `transport` (the connection failed).
+    pub code: &'static str,
+}
+
+/// Metrics of the delivery to aggregators (`[aggregator]` set).
+#[derive(Debug, Clone, Default)]
+pub struct ShipMetrics {
+    /// `flowlog_agent_batches_sent_total`: pushes made (first sends and retries).
+    pub batches_sent: Counter,
+    /// `flowlog_agent_batches_acked_total{duplicate}`: batches acknowledged.
+    pub batches_acked: Family<AckLabels, Counter>,
+    /// `flowlog_agent_batches_retried_total`: pushes of a batch sent before.
+    pub batches_retried: Counter,
+    /// `flowlog_agent_push_failures_total{endpoint,code}`: pushes that were not acked.
+    pub push_failures: Family<FailureLabels, Counter>,
+    /// `flowlog_agent_spool_bytes`: bytes of the spool's segment files.
+    pub spool_bytes: Gauge,
+    /// `flowlog_agent_spool_batches`: batches in the spool awaiting their ack.
+    pub spool_batches: Gauge,
+    /// `flowlog_agent_spool_dropped_records_total`: records not kept because the spool
+    /// was full (replaced by SKIPDATA records).
+    pub spool_dropped_records: Counter,
+    /// `flowlog_agent_endpoint_up{endpoint}`: 1 while connected to the endpoint.
+    pub endpoint_up: Family<EndpointLabels, Gauge>,
+    /// `flowlog_agent_pinned_batches`: batches whose outcome at an endpoint is unknown,
+    /// retried only there.
+    pub pinned_batches: Gauge,
+}
+
+impl ShipMetrics {
+    /// Creates the metrics with a series per endpoint and per `duplicate` value.
+    pub fn new(endpoints: &[String]) -> ShipMetrics {
+        let m = ShipMetrics::default();
+        for duplicate in ["false", "true"] {
+            drop(m.batches_acked.get_or_create(&AckLabels { duplicate }));
+        }
+        for endpoint in endpoints {
+            drop(m.endpoint_up.get_or_create(&EndpointLabels {
+                endpoint: endpoint.clone(),
+            }));
+        }
+        m
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "flowlog_agent_batches_sent",
+            "Batches pushed to an aggregator (first sends and retries)",
+            self.batches_sent.clone(),
+        );
+        registry.register(
+            "flowlog_agent_batches_acked",
+            "Batches acknowledged by an aggregator; duplicate=true when it already had them",
+            self.batches_acked.clone(),
+        );
+        registry.register(
+            "flowlog_agent_batches_retried",
+            "Pushes of a batch that was sent before",
+            self.batches_retried.clone(),
+        );
+        registry.register(
+            "flowlog_agent_push_failures",
+            "Pushes not acknowledged, by endpoint and gRPC status (timeout, transport: no reply)",
+            self.push_failures.clone(),
+        );
+        registry.register(
+            "flowlog_agent_spool_bytes",
+            "Bytes of the spool's segment files",
+            self.spool_bytes.clone(),
+        );
+        registry.register(
+            "flowlog_agent_spool_batches",
+            "Batches in the spool awaiting their acknowledgement",
+            self.spool_batches.clone(),
+        );
+        registry.register(
+            "flowlog_agent_spool_dropped_records",
+            "Records not kept because the spool was full (reported as SKIPDATA)",
+            self.spool_dropped_records.clone(),
+        );
+        registry.register(
+            "flowlog_agent_endpoint_up",
+            "1 while the agent is connected to the aggregator endpoint",
+            self.endpoint_up.clone(),
+        );
+        registry.register(
+            "flowlog_agent_pinned_batches",
+            "Batches whose outcome at an endpoint is unknown, retried only there",
+            self.pinned_batches.clone(),
+        );
+    }
+}
+
 /// Every metric of the agent. Handles are cheap clones sharing their values.
 ///
 /// Capture and NFLOG counters are read from their sources at each scrape; the record
@@ -57,6 +171,8 @@ pub struct AgentMetrics {
     pub records: Family<StatusLabels, Counter>,
     /// `flowlog_agent_records_filtered_total`: records dropped by `flow_log.traffic_type`.
     pub records_filtered: Counter,
+    /// Delivery metrics, when shipping to an aggregator.
+    pub ship: Option<ShipMetrics>,
     capture: Arc<OnceLock<Arc<CaptureStats>>>,
 }
 
@@ -179,6 +295,14 @@ impl AgentMetrics {
         m
     }
 
+    /// Creates the metrics with the delivery metrics of `endpoints`.
+    pub fn with_shipping(endpoints: &[String]) -> AgentMetrics {
+        AgentMetrics {
+            ship: Some(ShipMetrics::new(endpoints)),
+            ..AgentMetrics::new()
+        }
+    }
+
     /// Registers every metric in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         // prometheus-client appends `_total` to counter names.
@@ -195,6 +319,9 @@ impl AgentMetrics {
         registry.register_collector(Box::new(LiveCollector {
             capture: Arc::clone(&self.capture),
         }));
+        if let Some(ship) = &self.ship {
+            ship.register(registry);
+        }
     }
 
     /// Makes the capture counters part of the metrics (once capture has started).
@@ -228,6 +355,7 @@ impl AgentMetrics {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -249,5 +377,34 @@ mod tests {
             text.contains("flowlog_agent_records_total{log_status=\"OK\"} 0"),
             "{text}"
         );
+        assert!(!text.contains("flowlog_agent_batches_sent"), "{text}");
+    }
+
+    #[test]
+    fn delivery_metrics_are_there_when_shipping() {
+        let m = AgentMetrics::with_shipping(&["https://a:7443".to_owned()]);
+        let ship = m.ship.as_ref().unwrap();
+        ship.batches_sent.inc();
+        ship.spool_bytes.set(4096);
+        ship.push_failures
+            .get_or_create(&FailureLabels {
+                endpoint: "https://a:7443".to_owned(),
+                code: "unavailable",
+            })
+            .inc();
+        let text = m.encode();
+        for line in [
+            "flowlog_agent_batches_sent_total 1",
+            "flowlog_agent_batches_acked_total{duplicate=\"true\"} 0",
+            "flowlog_agent_batches_retried_total 0",
+            "flowlog_agent_push_failures_total{endpoint=\"https://a:7443\",code=\"unavailable\"} 1",
+            "flowlog_agent_spool_bytes 4096",
+            "flowlog_agent_spool_batches 0",
+            "flowlog_agent_spool_dropped_records_total 0",
+            "flowlog_agent_endpoint_up{endpoint=\"https://a:7443\"} 0",
+            "flowlog_agent_pinned_batches 0",
+        ] {
+            assert!(text.contains(line), "{line} missing: {text}");
+        }
     }
 }
