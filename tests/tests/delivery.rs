@@ -319,7 +319,11 @@ tokens_file = "{tokens}"
         let mut c = self.child.take().unwrap();
         let status = wait_timeout(&mut c, Duration::from_secs(90))
             .unwrap_or_else(|| panic!("aggregator did not stop: {}", self.log_text()));
-        assert!(status.success(), "aggregator exited with {status}: {}", self.log_text());
+        assert!(
+            status.success(),
+            "aggregator exited with {status}: {}",
+            self.log_text()
+        );
     }
 
     fn log_text(&self) -> String {
@@ -477,7 +481,11 @@ fn aggregator_killed_at_random_moments_loses_and_doubles_nothing() {
     let s = setup();
     let pcap = capture(s.path(), 400_000, 600);
     let want = reference(s.path(), &pcap);
-    assert!(want.len() > 20_000, "capture too small: {} records", want.len());
+    assert!(
+        want.len() > 20_000,
+        "capture too small: {} records",
+        want.len()
+    );
     let mut agg = Aggregator::new(s.path(), &s.pki, &s.tokens);
     agg.start();
     // Small batches, one in flight: many acks, so kills land before, during and after
@@ -489,7 +497,11 @@ fn aggregator_killed_at_random_moments_loses_and_doubles_nothing() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
     while agent.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "agent did not finish: {}", s.agent_log());
+        assert!(
+            Instant::now() < deadline,
+            "agent did not finish: {}",
+            s.agent_log()
+        );
         std::thread::sleep(rng.millis(50, 450));
         if agent.try_wait().unwrap().is_some() {
             break;
@@ -555,7 +567,10 @@ fn agent_catches_up_after_the_aggregator_was_down_two_minutes() {
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
         .sum();
-    assert!(spooled > 0, "nothing in the spool while the aggregator is down");
+    assert!(
+        spooled > 0,
+        "nothing in the spool while the aggregator is down"
+    );
     agg.start();
     s.wait_agent_ok(&mut agent, Duration::from_secs(120), &agg);
     agg.stop();
@@ -588,8 +603,15 @@ fn wrong_token_is_refused_until_the_tokens_file_is_reloaded() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
-    assert!(agent.try_wait().unwrap().is_none(), "agent gave up: {}", s.agent_log());
-    assert!(published(&agg.out).is_empty(), "records were accepted with a wrong token");
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "agent gave up: {}",
+        s.agent_log()
+    );
+    assert!(
+        published(&agg.out).is_empty(),
+        "records were accepted with a wrong token"
+    );
     // The operator adds the agent's token: SIGHUP, and the agent catches up.
     let mut f = fs::File::create(&s.tokens).unwrap();
     writeln!(f, "web-01 {wrong}").unwrap();
@@ -618,5 +640,8 @@ fn plaintext_agent_against_the_tls_port_is_refused() {
     let _ = agent.kill();
     agent.wait().unwrap();
     agg.stop();
-    assert!(published(&agg.out).is_empty(), "plaintext records were accepted");
+    assert!(
+        published(&agg.out).is_empty(),
+        "plaintext records were accepted"
+    );
 }
