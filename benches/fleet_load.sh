@@ -13,7 +13,7 @@
 #
 # Environment: DURATION (measured seconds, default 20), WARMUP (default 5), BATCH
 # (records per batch, default 2000), FORMAT (text | parquet, default text), FSYNC
-# (the WAL policy, default always).
+# (the WAL policy, default always), GZIP_LEVEL (text output's gzip level, default 6).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 fleets=("$@")
@@ -23,6 +23,7 @@ warmup="${WARMUP:-5}"
 batch="${BATCH:-2000}"
 format="${FORMAT:-text}"
 fsync="${FSYNC:-always}"
+gzip_level="${GZIP_LEVEL:-6}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/flowlog-fleet-bench.XXXXXX")"
 pids=()
 cleanup() {
@@ -54,6 +55,7 @@ account_id = "123456789012"
 region = "us-east-1"
 [output]
 format = "$format"
+gzip_level = $gzip_level
 [sink]
 type = "local"
 path = "$2"
@@ -112,7 +114,7 @@ rm -rf "$work/out-import" "$work/state-import" "$work/import.log"
 
 results=()
 for n in "${fleets[@]}"; do
-    echo "== $n agents, one aggregator, TLS, batches of $batch, $format output, fsync $fsync"
+    echo "== $n agents, one aggregator, TLS, batches of $batch, $format output (gzip level $gzip_level), fsync $fsync"
     rm -rf "$work/out" "$work/state-one"
     start_aggregator one "$work/out"
     json="$("$load" run --endpoint "$agg_url" --ca "$work/pki/ca.pem" --agents "$n" \
@@ -137,7 +139,7 @@ pair="$("$load" verify --dir "$work/out" --expect "$work/pair.json" 2>&1)" && pa
 echo "$pair"
 
 echo
-echo "== summary (2 cores, TLS, $format, fsync $fsync; import baseline $baseline records/s)"
+echo "== summary (2 cores, TLS, $format, gzip level $gzip_level, fsync $fsync; import baseline $baseline records/s)"
 printf "%-8s %14s %12s %10s %10s %14s\n" agents "records/s" "vs import" "p50 ms" "p99 ms" "peak RSS MiB"
 for r in "${results[@]}"; do
     n="${r%%|*}" json="${r#*|}"

@@ -405,12 +405,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             *p = (*p).max(rss_kib(*pid, "VmRSS:"));
         }
     };
+    let mut latencies = Vec::new();
     let measured_from;
     if args.batches_per_agent.is_some() {
         measured_from = started;
         while !tasks.is_empty() {
             tokio::select! {
-                _ = tasks.join_next() => {}
+                done = tasks.join_next() => {
+                    latencies.extend(done.and_then(Result::ok).unwrap_or_default());
+                }
                 () = tokio::time::sleep(Duration::from_millis(500)) => sample(&mut peak_rss),
             }
         }
@@ -426,7 +429,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let elapsed = measured_from.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
-    let mut latencies = Vec::new();
     while let Some(done) = tasks.join_next().await {
         latencies.extend(done.unwrap_or_default());
     }
