@@ -427,6 +427,54 @@ fn a_batch_refused_as_invalid_is_kept_and_retried() {
 }
 
 #[test]
+fn after_a_restart_a_batch_an_aggregator_may_hold_goes_back_to_that_aggregator_only() {
+    let setup = Setup::new();
+    let mut first = TestIngest::new(&setup.pki, "t");
+    let mut second = TestIngest::new(&setup.pki, "t");
+    first.start();
+    second.start();
+    // Batch 2 is stored by the first endpoint, whose reply never comes.
+    first.set_behavior(|p, before| {
+        if p.seq == 2 && before == 0 {
+            Action::RecordThenSleep(Duration::from_secs(60))
+        } else {
+            Action::Accept
+        }
+    });
+    let (_, ship) = setup.settings(&[first.url(), second.url()], "t", "max_in_flight = 1\n");
+    {
+        let metrics = metrics_for(&ship);
+        let shipper = Shipper::start(&ship, &metrics).unwrap();
+        assert!(wait_until(WAIT, || endpoint_up(&metrics, &first.url()) == 1));
+        for i in 0..2 {
+            append(&shipper, &batch(i, 20));
+        }
+        assert!(wait_until(WAIT, || first.received().seqs() == [1, 2]));
+        // The agent stops (a crash would leave the same spool) with batch 2 unacked.
+        let left = shipper.stop().unwrap();
+        assert_eq!(left.batches, 1);
+    }
+    // The first aggregator is down when the agent starts again.
+    first.stop();
+    first.set_behavior(|_, _| Action::Accept);
+    let metrics = metrics_for(&ship);
+    let shipper = Shipper::start(&ship, &metrics).unwrap();
+    assert_eq!(append(&shipper, &batch(2, 20)), 3);
+    assert!(wait_until(WAIT, || second.received().seqs() == [3]));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        second.received().pushes.iter().all(|p| p.seq != 2),
+        "batch 2 went to an aggregator that does not know it: it would be written twice"
+    );
+    // The first aggregator is back: batch 2 is retried there and acked as a duplicate.
+    first.start();
+    let left = shipper.wait_drained(Some(std::time::Instant::now() + WAIT), &|| false);
+    assert_eq!(left.batches, 0);
+    assert_eq!(first.received().outcomes(2), ["ok", "duplicate"]);
+    shipper.stop().unwrap();
+}
+
+#[test]
 fn a_restart_resends_unacked_batches_under_their_old_seq() {
     let setup = Setup::new();
     let mut server = TestIngest::new(&setup.pki, "t");

@@ -189,12 +189,12 @@ impl Shipper {
             let urls: Vec<String> = settings.endpoints.iter().map(|e| e.url.clone()).collect();
             metrics.ship = Some(crate::metrics::ShipMetrics::new(&urls));
         }
+        let mut dispatch = Dispatch::new(settings.endpoints.len());
+        let urls: Vec<String> = settings.endpoints.iter().map(|e| e.url.clone()).collect();
+        dispatch.restore_pins(&spool, &urls);
         let shared = Arc::new(Shared {
             settings: settings.clone(),
-            state: Mutex::new(State {
-                spool,
-                dispatch: Dispatch::new(settings.endpoints.len()),
-            }),
+            state: Mutex::new(State { spool, dispatch }),
             changed: Condvar::new(),
             wake: Notify::new(),
             metrics,

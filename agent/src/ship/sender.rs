@@ -11,7 +11,10 @@
 //!   and retried after `retry_max`; UNAVAILABLE → backoff; anything else, a timeout or a
 //!   broken connection → the outcome is unknown and the batch is **pinned** to that
 //!   endpoint: it is retried there only, whenever it is reachable. A batch that never
-//!   reached an endpoint (the connection was refused) stays free.
+//!   reached an endpoint (the connection was refused) is free again.
+//! - A batch is pinned to an endpoint durably (in the spool) before its first send there,
+//!   and the pin is released only by an ack or a definite refusal. So after a crash of the
+//!   agent, a batch an aggregator may already hold goes back to that aggregator only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -152,6 +155,34 @@ impl Dispatch {
             state.pinned = Some(i);
             if let Some(e) = self.endpoints.get_mut(i) {
                 e.pinned += 1;
+            }
+        }
+    }
+
+    /// Releases the pin of `seq` (the endpoint said for certain it did not write it).
+    fn unpin(&mut self, seq: u64) {
+        if let Some(state) = self.batches.get_mut(&seq)
+            && let Some(p) = state.pinned.take()
+            && let Some(e) = self.endpoints.get_mut(p)
+        {
+            e.pinned -= 1;
+        }
+    }
+
+    /// Restores the pins the spool kept across a restart (`urls` = the endpoints in config
+    /// order); a pin to an endpoint no longer configured is dropped with a warning.
+    pub(crate) fn restore_pins(&mut self, spool: &super::spool::Spool, urls: &[String]) {
+        for seq in spool.seqs() {
+            let Some(url) = spool.pinned_to(seq) else {
+                continue;
+            };
+            match urls.iter().position(|u| u == url) {
+                Some(i) => self.pin(seq, i),
+                None => tracing::warn!(
+                    seq,
+                    endpoint = url,
+                    "batch was sent to an endpoint that is no longer configured; it may now reach the output twice"
+                ),
             }
         }
     }
@@ -456,6 +487,24 @@ impl Shared {
                 batch: Some(batch),
             })
             .map_err(|e| error_chain(&e));
+        // Pinned before its first send, durably: after a crash it goes back to this
+        // endpoint only (which dedupes), never to another one that would write it again.
+        if state
+            .dispatch
+            .batches
+            .get(&seq)
+            .is_none_or(|b| b.pinned.is_none())
+        {
+            let url = self.endpoint_url(i);
+            if let Err(e) = state.spool.pin(seq, &url) {
+                let b = state.dispatch.batches.entry(seq).or_default();
+                b.not_before = Some(now + self.settings.retry_max);
+                drop(state);
+                tracing::error!(seq, error = %error_chain(&e), "spool: cannot record where a batch is sent; retrying");
+                return None;
+            }
+            state.dispatch.pin(seq, i);
+        }
         let b = state.dispatch.batches.entry(seq).or_default();
         b.in_flight = Some(i);
         b.attempts += 1;
@@ -518,6 +567,19 @@ impl Shared {
             }
             Outcome::Refused(status) => {
                 let message = status.message().to_owned();
+                if matches!(
+                    status.code(),
+                    Code::Unauthenticated
+                        | Code::PermissionDenied
+                        | Code::InvalidArgument
+                        | Code::Unavailable
+                ) {
+                    // Nothing was written: the batch may go to any endpoint.
+                    state.dispatch.unpin(seq);
+                    if let Err(e) = state.spool.unpin(seq) {
+                        tracing::warn!(seq, error = %error_chain(&e), "spool: cannot release a pin");
+                    }
+                }
                 let b = state.dispatch.batches.entry(seq).or_default();
                 b.in_flight = None;
                 let attempts = b.attempts;
@@ -595,6 +657,12 @@ impl Shared {
                 b.in_flight = None;
                 b.not_before = Some(now + backoff(b.attempts, retry_max));
                 broken = true;
+                if !reached {
+                    state.dispatch.unpin(seq);
+                    if let Err(e) = state.spool.unpin(seq) {
+                        tracing::warn!(seq, error = %error_chain(&e), "spool: cannot release a pin");
+                    }
+                }
                 if reached {
                     state.dispatch.pin(seq, i);
                     log = Some((

@@ -50,6 +50,10 @@ pub const FRAME_HEADER: usize = 32;
 const META_FILE: &str = "spool.meta";
 const META_TMP: &str = "spool.meta.tmp";
 const LOCK_FILE: &str = "lock";
+/// Which endpoint each batch was first sent to (`<seq> <endpoint URL>` lines; `<seq> -`
+/// releases a pin).
+const PINS_FILE: &str = "pins";
+const PINS_TMP: &str = "pins.tmp";
 const META_HEADER: &str = "flowlog-agent spool v1";
 /// Finished replay inputs remembered in the meta file.
 const MAX_FINISHED_INPUTS: usize = 64;
@@ -252,6 +256,10 @@ pub struct Spool {
     unsynced: bool,
     dropped_records: u64,
     open_report: OpenReport,
+    /// Endpoint each unacknowledged batch is pinned to (see [`Spool::pin`]).
+    pins: BTreeMap<u64, String>,
+    /// Lines in the pins file (rewritten when mostly stale).
+    pin_lines: usize,
 }
 
 /// A random nonzero id.
@@ -474,6 +482,8 @@ impl Spool {
                 created,
                 ..OpenReport::default()
             },
+            pins: BTreeMap::new(),
+            pin_lines: 0,
         };
         let mut max_seq = 0;
         let mut to_delete = Vec::new();
@@ -557,6 +567,7 @@ impl Spool {
             std::fs::remove_file(&path).map_err(io_err(&path, "delete"))?;
         }
         sync_dir(dir)?;
+        spool.load_pins()?;
         spool.open_report.batches = spool.batches.len();
         spool.open_report.records = spool.records;
         Ok(spool)
@@ -878,12 +889,113 @@ impl Spool {
         if self.meta != self.persisted {
             self.persist()?;
         }
+        // A pin is kept until its batch can no longer come back after a restart: an acked
+        // batch above the persisted floor is sent again, to the same endpoint.
+        let floor = self.persisted.acked_below;
+        self.pins.retain(|seq, _| *seq >= floor);
+        if self.pin_lines > 2 * self.pins.len() + 256 {
+            self.rewrite_pins()?;
+        }
         if let Some(s) = self.segments.remove(&name) {
             self.bytes -= s.bytes;
             std::fs::remove_file(&s.path).map_err(io_err(&s.path, "delete"))?;
             sync_dir(&self.settings.dir)?;
         }
         Ok(())
+    }
+
+    /// Reads the pins file, keeping the pins of batches still in the spool, and rewrites it
+    /// compacted.
+    fn load_pins(&mut self) -> Result<(), SpoolError> {
+        let path = self.settings.dir.join(PINS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_err(&path, "read")(e)),
+        };
+        for line in text.lines() {
+            let Some((seq, endpoint)) = line.split_once(' ') else {
+                continue;
+            };
+            let Ok(seq) = seq.parse::<u64>() else {
+                continue;
+            };
+            if endpoint == "-" {
+                self.pins.remove(&seq);
+            } else if self.batches.contains_key(&seq) {
+                self.pins.insert(seq, endpoint.to_owned());
+            }
+        }
+        self.pins.retain(|seq, _| self.batches.contains_key(seq));
+        self.rewrite_pins()
+    }
+
+    /// Rewrites the pins file from memory (temporary file, fsync, rename).
+    fn rewrite_pins(&mut self) -> Result<(), SpoolError> {
+        let tmp = self.settings.dir.join(PINS_TMP);
+        let path = self.settings.dir.join(PINS_FILE);
+        let mut text = String::new();
+        for (seq, endpoint) in &self.pins {
+            text.push_str(&format!("{seq} {endpoint}\n"));
+        }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err(&tmp, "create"))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(&tmp, "write"))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path, "rename"))?;
+        sync_dir(&self.settings.dir)?;
+        self.pin_lines = self.pins.len();
+        Ok(())
+    }
+
+    fn append_pin_line(&mut self, line: &str, sync: bool) -> Result<(), SpoolError> {
+        let path = self.settings.dir.join(PINS_FILE);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path, "open"))?;
+        f.write_all(line.as_bytes())
+            .map_err(io_err(&path, "write"))?;
+        if sync && self.settings.fsync == FsyncPolicy::Always {
+            f.sync_data().map_err(io_err(&path, "fsync"))?;
+        }
+        self.pin_lines += 1;
+        Ok(())
+    }
+
+    /// Pins batch `seq` to `endpoint` durably, before it is first sent there: after a crash
+    /// it is sent again to that endpoint only, which acks it as a duplicate if it already
+    /// has it. Another aggregator, not knowing it, would write it a second time.
+    pub fn pin(&mut self, seq: u64, endpoint: &str) -> Result<(), SpoolError> {
+        if self.pins.get(&seq).is_some_and(|e| e == endpoint) {
+            return Ok(());
+        }
+        self.append_pin_line(&format!("{seq} {endpoint}\n"), true)?;
+        self.pins.insert(seq, endpoint.to_owned());
+        Ok(())
+    }
+
+    /// Releases the pin of `seq`: the endpoint said for certain that it did not write it.
+    /// (Acknowledged batches keep theirs until the persisted floor passes them.)
+    /// (Not fsync'd: if the release is lost in a crash the batch just stays pinned.)
+    pub fn unpin(&mut self, seq: u64) -> Result<(), SpoolError> {
+        if self.pins.remove(&seq).is_some() {
+            self.append_pin_line(&format!("{seq} -\n"), false)?;
+        }
+        Ok(())
+    }
+
+    /// The endpoint batch `seq` is pinned to.
+    pub fn pinned_to(&self, seq: u64) -> Option<&str> {
+        self.pins.get(&seq).map(String::as_str)
     }
 
     /// Persists the acknowledged floor (`acked_below`) when it moved; returns true if the
@@ -1115,6 +1227,48 @@ mod tests {
         // Another spool directory gets another id.
         let other = Spool::open(&settings(&dir.path().join("x"), 1 << 20, 1 << 20)).unwrap();
         assert_ne!(other.spool_id(), id);
+    }
+
+    #[test]
+    fn pins_survive_a_restart_until_the_batch_is_acked_or_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 1 << 20, 1 << 20);
+        {
+            let mut spool = Spool::open(&s).unwrap();
+            for i in 0..4 {
+                spool
+                    .append(&records("eni-a", 3, i), None, &no_fill)
+                    .unwrap();
+            }
+            spool.pin(1, "https://a:7443").unwrap();
+            spool.pin(2, "https://a:7443").unwrap();
+            spool.pin(3, "https://b:7443").unwrap();
+            spool.pin(4, "https://b:7443").unwrap();
+            spool.ack(1).unwrap();
+            spool.unpin(4).unwrap();
+        }
+        let mut spool = Spool::open(&s).unwrap();
+        // Batch 1 was acked, but the floor was not persisted: it is sent again after the
+        // restart, so it keeps its pin.
+        assert_eq!(spool.seqs().next(), Some(1));
+        assert_eq!(spool.pinned_to(1), Some("https://a:7443"));
+        assert_eq!(spool.pinned_to(2), Some("https://a:7443"));
+        assert_eq!(spool.pinned_to(3), Some("https://b:7443"));
+        assert_eq!(spool.pinned_to(4), None, "released");
+        // The file is compacted at open: one line per live pin.
+        let text = std::fs::read_to_string(s.dir.join(PINS_FILE)).unwrap();
+        assert_eq!(
+            text,
+            "1 https://a:7443\n2 https://a:7443\n3 https://b:7443\n"
+        );
+        // Every batch acked: the segment goes, the floor passes them, and so do the pins.
+        for seq in 1..=4 {
+            spool.ack(seq).unwrap();
+        }
+        drop(spool);
+        let spool = Spool::open(&s).unwrap();
+        assert_eq!(spool.seqs().next(), None);
+        assert_eq!(spool.pinned_to(3), None);
     }
 
     #[test]
