@@ -294,8 +294,19 @@ fn segment_name(first_seq: u64) -> String {
 
 /// Writes `meta` atomically: temporary file, fsync, rename, fsync of the directory.
 fn write_meta(dir: &Path, meta: &Meta) -> Result<(), SpoolError> {
-    let tmp = dir.join(META_TMP);
-    let path = dir.join(META_FILE);
+    write_atomically(dir, META_TMP, META_FILE, meta.render().as_bytes())
+}
+
+/// Replaces `dir/name` with `bytes`: `dir/tmp_name` written and fsync'd, renamed into
+/// place, then the directory fsync'd.
+fn write_atomically(
+    dir: &Path,
+    tmp_name: &str,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), SpoolError> {
+    let tmp = dir.join(tmp_name);
+    let path = dir.join(name);
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -303,7 +314,7 @@ fn write_meta(dir: &Path, meta: &Meta) -> Result<(), SpoolError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err(&tmp, "create"))?;
-    f.write_all(meta.render().as_bytes())
+    f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(io_err(&tmp, "write"))?;
     std::fs::rename(&tmp, &path).map_err(io_err(&path, "rename into place"))?;
@@ -932,24 +943,11 @@ impl Spool {
 
     /// Rewrites the pins file from memory (temporary file, fsync, rename).
     fn rewrite_pins(&mut self) -> Result<(), SpoolError> {
-        let tmp = self.settings.dir.join(PINS_TMP);
-        let path = self.settings.dir.join(PINS_FILE);
         let mut text = String::new();
         for (seq, endpoint) in &self.pins {
             text.push_str(&format!("{seq} {endpoint}\n"));
         }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp, "create"))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(io_err(&tmp, "write"))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path, "rename"))?;
-        sync_dir(&self.settings.dir)?;
+        write_atomically(&self.settings.dir, PINS_TMP, PINS_FILE, text.as_bytes())?;
         self.pin_lines = self.pins.len();
         Ok(())
     }
