@@ -24,7 +24,6 @@ use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Args, Parser, Subcommand};
 use flowlog_formats::FlowRecord;
-use flowlog_formats::input::RecordSource;
 use flowlog_transport::pb;
 use prost::Message;
 use tonic::Status;
@@ -465,30 +464,10 @@ fn verify(dir: &std::path::Path, expect: &std::path::Path) -> anyhow::Result<()>
     }
     let expected = run["records_acked"].as_u64().unwrap_or(0);
     let batch_records = run["batch_records"].as_u64().unwrap_or(0);
+    let (files, records) = flowlog_tests::published_records(dir)?;
     let mut seen: HashMap<u64, u32> = HashMap::new();
-    let mut files = 0usize;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| d.display().to_string())? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.starts_with('.') {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            files += 1;
-            let source =
-                RecordSource::open_path(&path, None).with_context(|| path.display().to_string())?;
-            for record in source {
-                let record = record.with_context(|| path.display().to_string())?;
-                if let Some(b) = record.bytes {
-                    *seen.entry(b).or_default() += 1;
-                }
-            }
-        }
+    for b in records.iter().filter_map(|r| r.bytes) {
+        *seen.entry(b).or_default() += 1;
     }
     let doubled = seen.values().filter(|&&n| n > 1).count();
     let total: u64 = seen.values().map(|&n| u64::from(n)).sum();
