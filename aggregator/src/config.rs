@@ -44,6 +44,41 @@ pub struct Settings {
     /// The gRPC endpoint agents push to (`serve` only); `None` when the file has no
     /// `[listen]` section.
     pub listen: Option<ListenSettings>,
+    /// What `athena-ddl` generates.
+    pub athena: AthenaSettings,
+}
+
+/// Default `athena.table`.
+pub const DEFAULT_ATHENA_TABLE: &str = "vpc_flow_logs";
+
+/// `[athena]`: the table `athena-ddl` describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AthenaSettings {
+    /// Table name (lowercase letters, digits, `_`).
+    pub table: String,
+    /// Database the table is created in; `None` = the session's current database.
+    pub database: Option<String>,
+    /// Account ids the partition projection enumerates; empty = those found in the
+    /// output plus `[flow_log] account_id`.
+    pub accounts: Vec<String>,
+    /// Regions the partition projection enumerates; empty = those found in the output
+    /// plus `[flow_log] region`.
+    pub regions: Vec<String>,
+    /// First day the partition projection covers; `None` = the earliest day in the
+    /// output (today when it is empty).
+    pub since: Option<chrono::NaiveDate>,
+}
+
+impl Default for AthenaSettings {
+    fn default() -> Self {
+        AthenaSettings {
+            table: DEFAULT_ATHENA_TABLE.to_owned(),
+            database: None,
+            accounts: Vec::new(),
+            regions: Vec::new(),
+            since: None,
+        }
+    }
 }
 
 /// Default `listen.address`.
@@ -329,6 +364,16 @@ struct RawListen {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct RawAthena {
+    table: Option<String>,
+    database: Option<String>,
+    accounts: Option<Vec<String>>,
+    regions: Option<Vec<String>>,
+    since: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct RawService {
     shutdown_grace: Option<String>,
     metrics_address: Option<String>,
@@ -405,6 +450,10 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "max_concurrent_pushes",
             "push_timeout",
         ],
+    ),
+    (
+        "athena",
+        &["table", "database", "accounts", "regions", "since"],
     ),
 ];
 
@@ -565,6 +614,7 @@ fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<P
     let sink: RawSink = section(&known_only("sink"), "sink", &mut p);
     let state: RawState = section(&known_only("state"), "state", &mut p);
     let service: RawService = section(&known_only("service"), "service", &mut p);
+    let athena: RawAthena = section(&known_only("athena"), "athena", &mut p);
     let listen: Option<RawListen> = table
         .contains_key("listen")
         .then(|| section(&known_only("listen"), "listen", &mut p));
@@ -574,6 +624,7 @@ fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<P
     let sink = validate_sink(sink, &output, &mut p);
     let state = validate_state(state, &mut p);
     let service = validate_service(service, &mut p);
+    let athena = validate_athena(athena, &mut p);
     let listen = match listen {
         Some(raw) => validate_listen(raw, &mut p),
         None => {
@@ -602,6 +653,7 @@ fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<P
             state,
             service,
             listen,
+            athena,
         }),
         _ => Err(p.0),
     }
@@ -747,6 +799,64 @@ fn required(key: &str, value: Option<String>, p: &mut Problems) -> Option<String
             None
         }
     }
+}
+
+/// Checks an Athena table or database name: 1–255 lowercase letters, digits and `_`,
+/// not starting with a digit (Athena folds names to lowercase; this refuses the surprise).
+pub fn validate_athena_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' is not a table/database name: use 1-255 lowercase letters, digits and '_', not starting with a digit"
+        ))
+    }
+}
+
+fn validate_athena(raw: RawAthena, p: &mut Problems) -> AthenaSettings {
+    let mut athena = AthenaSettings::default();
+    if let Some(table) = raw.table
+        && p.check("athena.table", validate_athena_name(&table))
+            .is_some()
+    {
+        athena.table = table;
+    }
+    if let Some(database) = raw.database.filter(|d| !d.is_empty())
+        && p.check("athena.database", validate_athena_name(&database))
+            .is_some()
+    {
+        athena.database = Some(database);
+    }
+    for account in raw.accounts.unwrap_or_default() {
+        if p.check("athena.accounts", validate_account_id(&account))
+            .is_some()
+            && !athena.accounts.contains(&account)
+        {
+            athena.accounts.push(account);
+        }
+    }
+    for region in raw.regions.unwrap_or_default() {
+        if p.check("athena.regions", validate_region(&region))
+            .is_some()
+            && !athena.regions.contains(&region)
+        {
+            athena.regions.push(region);
+        }
+    }
+    if let Some(since) = raw.since.filter(|s| !s.is_empty()) {
+        athena.since = p.check(
+            "athena.since",
+            chrono::NaiveDate::parse_from_str(&since, "%Y-%m-%d")
+                .map_err(|e| format!("'{since}' is not a date such as 2026-01-01: {e}")),
+        );
+    }
+    athena
 }
 
 fn validate_flow_log(raw: RawFlowLog, p: &mut Problems) -> Option<FlowLogSettings> {

@@ -4,6 +4,7 @@
 //! ingest ─▶ WAL ─▶ window ─▶ encode (text gz / Parquet) ─▶ stage ─▶ upload (local dir / S3)
 //! ```
 //!
+//! - [`athena`]: the Athena table, partitions and named queries for the output;
 //! - [`serve`]: the gRPC endpoint agents push batches to (auth, TLS, dedupe, group commit);
 //! - [`convert`]: rewrites existing flow log files between formats;
 //! - [`config`]: the TOML config and its validation;
@@ -13,6 +14,7 @@
 //! - [`sink`]: where finished objects go (local directory, S3);
 //! - [`telemetry`]: logs, Prometheus metrics, health and signals.
 
+pub mod athena;
 pub mod config;
 pub mod convert;
 pub mod import;

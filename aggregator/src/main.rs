@@ -45,6 +45,44 @@ enum Command {
     /// Validate a config file (and the files [listen] names): exit 0 if it is usable, 64
     /// with every problem listed if not.
     CheckConfig(ConfigArg),
+    /// Print the Athena `CREATE EXTERNAL TABLE` (with partition projection) for the
+    /// configured output, optionally its partitions, and write the named queries.
+    #[command(after_help = ATHENA_EXAMPLES)]
+    AthenaDdl(AthenaArgs),
+}
+
+const ATHENA_EXAMPLES: &str = "\
+Examples:
+  flowlog-aggregator athena-ddl --config /etc/flowlog/aggregator.toml > table.sql
+  flowlog-aggregator athena-ddl --config aggregator.toml --queries ./queries
+  flowlog-aggregator athena-ddl --config aggregator.toml --no-projection --partitions   # Spark, Hive
+
+The table's accounts, regions and first day come from [athena] or, when unset, from the
+folders present in the output. Exit status: 0 ok, 64 bad config or query selection,
+1 the output could not be listed or a file not written.";
+
+#[derive(Debug, Args)]
+struct AthenaArgs {
+    /// The TOML config file ([flow_log], [output], [sink], optional [athena]).
+    #[arg(long, short, value_name = "FILE")]
+    config: std::path::PathBuf,
+    /// Also print `ALTER TABLE … ADD PARTITION` for every partition in the output, for
+    /// engines without partition projection.
+    #[arg(long)]
+    partitions: bool,
+    /// Leave out the partition projection properties (Athena-only).
+    #[arg(long)]
+    no_projection: bool,
+    /// Write the named queries (.sql files) into this directory.
+    #[arg(long, value_name = "DIR")]
+    queries: Option<std::path::PathBuf>,
+    /// Only this query (repeatable); fails if the format lacks a field it needs.
+    /// Without it every query the format allows is written, and the others are listed.
+    #[arg(long = "query", value_name = "NAME")]
+    query: Vec<String>,
+    /// Table name instead of athena.table.
+    #[arg(long, value_name = "NAME")]
+    table: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +190,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => run_convert(args),
         Command::Import(args) => run_import(args),
         Command::Serve(args) => run_serve(args),
+        Command::AthenaDdl(args) => run_athena_ddl(args),
         Command::CheckConfig(args) => match config::load_with(
             &args.config,
             LoadOptions {
@@ -177,6 +216,64 @@ fn load_config(path: &std::path::Path) -> Result<Settings, ExitCode> {
         eprintln!("error: {e}");
         ExitCode::from(EX_USAGE)
     })
+}
+
+fn run_athena_ddl(args: AthenaArgs) -> ExitCode {
+    use flowlog_aggregator::athena::{self, AthenaError};
+    let settings = match load_config(&args.config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    if let Some(table) = &args.table
+        && let Err(e) = config::validate_athena_name(table)
+    {
+        eprintln!("error: --table: {e}");
+        return ExitCode::from(EX_USAGE);
+    }
+    let request = athena::Request {
+        partitions: args.partitions,
+        no_projection: args.no_projection,
+        queries_dir: args.queries,
+        queries: args.query,
+        table: args.table,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(athena::generate(&settings, &request)) {
+        Ok(output) => {
+            print!("{}", output.sql);
+            for note in &output.notes {
+                eprintln!("note: {note}");
+            }
+            for path in &output.written {
+                eprintln!("wrote {}", path.display());
+            }
+            for (query, missing) in &output.skipped {
+                eprintln!(
+                    "not written: {} (the format lacks {})",
+                    query.file_name(),
+                    missing.join(", ")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ (AthenaError::UnknownQuery(_) | AthenaError::MissingFields { .. })) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::new(e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
