@@ -390,7 +390,7 @@ fn split_shipping(
             "[aggregator] is set, so records go to the aggregator; {what} applies to              standalone mode only (remove it, or remove [aggregator])"
         )
     };
-    for name in ["sink", "state"] {
+    for name in ["sink", "state", "athena"] {
         if table.remove(name).is_some() {
             problems.push((name.to_owned(), standalone_only(&format!("[{name}]"))));
         }
@@ -408,9 +408,10 @@ fn split_shipping(
     (table, Some((Some(aggregator), spool, service)), problems)
 }
 
-/// Sections of the aggregator's publishing pipeline (standalone mode); the agent shares
+/// Sections of the aggregator's publishing pipeline (standalone mode; `[athena]` is read by
+/// `flowlog-aggregator athena-ddl`); the agent shares
 /// `flow_log.{id,account_id,region}` and `output.log_format` with them.
-const PUBLISH_SECTIONS: [&str; 3] = ["sink", "state", "service"];
+const PUBLISH_SECTIONS: [&str; 4] = ["sink", "state", "service", "athena"];
 
 /// `[output]` keys of the publishing pipeline only.
 const PUBLISH_OUTPUT_KEYS: [&str; 10] = [

@@ -465,6 +465,9 @@ pub struct LoadOptions {
     /// Read the files `[listen]` names: certificates and key must parse, the tokens file
     /// must be valid (`serve`, `check-config`).
     pub check_files: bool,
+    /// Accept sections and keys of other programs (`athena-ddl` reading the agent's
+    /// standalone config, which also has `[capture]` and agent keys).
+    pub ignore_unknown: bool,
 }
 
 /// Collects problems while validating.
@@ -571,7 +574,7 @@ pub fn parse_table(table: &toml::Table) -> Result<Settings, Vec<Problem>> {
 fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<Problem>> {
     let mut p = Problems::default();
 
-    for (name, value) in table {
+    for (name, value) in table.iter().filter(|_| !options.ignore_unknown) {
         match SECTIONS.iter().find(|(s, _)| s == name) {
             None => p.add(
                 name.as_str(),
@@ -1259,6 +1262,7 @@ mod tests {
             LoadOptions {
                 require_listen: true,
                 check_files: true,
+                ignore_unknown: false,
             },
         )
         .unwrap_err();
@@ -1336,6 +1340,7 @@ mod tests {
             LoadOptions {
                 require_listen: true,
                 check_files: true,
+                ignore_unknown: false,
             },
         )
         .unwrap_err();

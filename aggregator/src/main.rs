@@ -196,6 +196,7 @@ fn main() -> ExitCode {
             LoadOptions {
                 require_listen: false,
                 check_files: true,
+                ignore_unknown: false,
             },
         ) {
             Ok(_) => {
@@ -220,9 +221,35 @@ fn load_config(path: &std::path::Path) -> Result<Settings, ExitCode> {
 
 fn run_athena_ddl(args: AthenaArgs) -> ExitCode {
     use flowlog_aggregator::athena::{self, AthenaError};
-    let settings = match load_config(&args.config) {
+    // The agent's standalone config has the same sections plus the agent's own: read what
+    // the table needs and say what was passed over.
+    let settings = match config::load(&args.config) {
         Ok(s) => s,
-        Err(code) => return code,
+        Err(strict) => {
+            let unknown = |p: &config::Problem| {
+                p.message == "unknown key" || p.message.starts_with("unknown section")
+            };
+            let lenient = LoadOptions {
+                ignore_unknown: true,
+                ..LoadOptions::default()
+            };
+            match config::load_with(&args.config, lenient) {
+                Ok(s) if strict.problems.iter().all(unknown) => {
+                    let skipped: Vec<&str> =
+                        strict.problems.iter().map(|p| p.key.as_str()).collect();
+                    eprintln!(
+                        "note: {}: not used by athena-ddl: {}",
+                        args.config.display(),
+                        skipped.join(", ")
+                    );
+                    s
+                }
+                _ => {
+                    eprintln!("error: {strict}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            }
+        }
     };
     if let Some(table) = &args.table
         && let Err(e) = config::validate_athena_name(table)
@@ -282,6 +309,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         LoadOptions {
             require_listen: true,
             check_files: true,
+            ignore_unknown: false,
         },
     ) {
         Ok(s) => s,

@@ -295,3 +295,31 @@ fn a_bad_athena_section_is_refused_with_every_problem() {
     let out = ddl(&setup.config.with_file_name("nope.toml"), &[], &[]);
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn an_agent_standalone_config_is_read_for_what_the_table_needs() {
+    let example = flowlog_tests::s3::workspace_root().join("docs/agent.example.toml");
+    let out = ddl(&example, &["--no-projection"], &[]);
+    assert_ok(&out);
+    let sql = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        sql.starts_with("CREATE EXTERNAL TABLE IF NOT EXISTS `vpc_flow_logs` ("),
+        "{sql}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not used by athena-ddl: capture"), "{err}");
+
+    // A real problem is still refused, with the unknown keys listed beside it.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("agent.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    std::fs::write(
+        &bad,
+        text.replacen("layout = \"default\"", "layout = \"sideways\"", 1),
+    )
+    .unwrap();
+    let out = ddl(&bad, &[], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("output.layout"), "{err}");
+}

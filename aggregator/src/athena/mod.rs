@@ -131,7 +131,7 @@ pub async fn generate(settings: &Settings, request: &Request) -> Result<Output, 
     };
     if needs_listing && found.is_empty() {
         notes.push(format!(
-            "no {} partitions found in the output yet; the projection uses the configured account and region",
+            "no partitions (layout {}) found in the output yet; the projection uses [flow_log] account_id and region",
             settings.output.layout
         ));
     }
