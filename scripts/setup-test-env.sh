@@ -35,7 +35,8 @@ fi
 # - tshark: the ground-truth test cross-checks our records with Wireshark's dissectors;
 # - nftables: the firewall test drops traffic with rules that log to an NFLOG group;
 # - procps (sysctl, kill), util-linux (taskset): capture tests set sysctls and stop/continue
-#   the agent; benches/live_capture.sh pins processes to CPUs.
+#   the agent; benches/live_capture.sh pins processes to CPUs;
+# - a Java runtime (17+): pyspark runs the Athena DDL and queries (tests/tests/athena.rs).
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
@@ -44,6 +45,7 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v sysctl >/dev/null 2>&1 || missing+=(procps)
 type -P kill >/dev/null 2>&1 || missing+=(procps)  # the program, not the builtin
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 if [[ ${#missing[@]} -gt 0 ]]; then
     sudo=()
     [[ $(id -u) -eq 0 ]] || sudo=(sudo)

@@ -97,7 +97,9 @@ pub fn create_table(table: &Table, projection: Option<&Projection>) -> String {
             properties.push(("skip.header.line.count".into(), "1".into()));
         }
         OutputFormat::Parquet => {
-            // Columns bind by name (`log_status`, …), as in the Parquet files.
+            // Columns bind by name (`log_status`, …), as in the Parquet files. AWS's
+            // example also sets the property "EXTERNAL"="true"; `CREATE EXTERNAL TABLE`
+            // says it already, and Spark refuses that property.
             sql.push_str(concat!(
                 "ROW FORMAT SERDE\n",
                 "  'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'\n",
@@ -106,12 +108,17 @@ pub fn create_table(table: &Table, projection: Option<&Projection>) -> String {
                 "OUTPUTFORMAT\n",
                 "  'org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat'\n",
             ));
-            properties.push(("EXTERNAL".into(), "true".into()));
         }
     }
     sql.push_str(&format!("LOCATION '{}'\n", literal(&table.location())));
     if let Some(projection) = projection {
         properties.extend(projection.properties.iter().cloned());
+    }
+    if properties.is_empty() {
+        // Parquet without projection: nothing to set.
+        sql.truncate(sql.trim_end().len());
+        sql.push_str(";\n");
+        return sql;
     }
     sql.push_str("TBLPROPERTIES (\n");
     for (i, (k, v)) in properties.iter().enumerate() {
@@ -275,6 +282,7 @@ TBLPROPERTIES (
         let sql = create_table(&table, Some(&Projection::new(&table)));
         assert!(sql.contains("'org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe'"));
         assert!(!sql.contains("skip.header"), "{sql}");
+        assert!(!sql.contains("\"EXTERNAL\""), "{sql}");
         assert!(sql.contains(
             "PARTITIONED BY (accid string, awsregion string, year string, month string, day string, hour string)"
         ));
@@ -287,6 +295,14 @@ TBLPROPERTIES (
         ] {
             assert!(sql.contains(line), "{line} missing from\n{sql}");
         }
+    }
+
+    #[test]
+    fn parquet_without_projection_has_no_empty_properties() {
+        let s = settings("format = \"parquet\"", S3);
+        let table = Table::new(&s, None, &[]);
+        let sql = create_table(&table, None);
+        assert!(sql.ends_with("LOCATION 's3://flows/AWSLogs/';\n"), "{sql}");
     }
 
     #[test]
