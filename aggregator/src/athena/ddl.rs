@@ -190,27 +190,10 @@ mod tests {
     use crate::config::Settings;
 
     fn settings(extra_output: &str, sink: &str) -> Settings {
-        crate::config::parse(
-            &format!(
-                r#"
-[flow_log]
-id = "fl-0123456789abcdef0"
-account_id = "123456789012"
-region = "eu-west-3"
-[output]
-{extra_output}
-[sink]
-{sink}
-[athena]
-since = "2026-01-15"
-"#
-            ),
-            "test.toml",
-        )
-        .unwrap()
+        crate::athena::test_settings(extra_output, sink, "since = \"2026-01-15\"")
     }
 
-    const S3: &str = "type = \"s3\"\nbucket = \"flows\"\nregion = \"eu-west-3\"";
+    const S3: &str = crate::athena::TEST_S3_SINK;
 
     /// The default format, default layout: AWS's column list and types (spec 5.2), in
     /// format order, with a projection that reaches the writer's folders.

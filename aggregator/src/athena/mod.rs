@@ -221,3 +221,21 @@ fn write_queries(
     }
     Ok(())
 }
+
+/// Settings for the module's unit tests: `[flow_log]` 123456789012 / eu-west-3, then the
+/// given `[output]`, `[sink]` and `[athena]` bodies.
+#[cfg(test)]
+pub(crate) fn test_settings(output: &str, sink: &str, athena: &str) -> Settings {
+    let text = format!(
+        "[flow_log]\nid = \"fl-0123456789abcdef0\"\naccount_id = \"123456789012\"\nregion = \"eu-west-3\"\n\
+         [output]\n{output}\n[sink]\n{sink}\n[athena]\n{athena}\n"
+    );
+    match crate::config::parse(&text, "test.toml") {
+        Ok(settings) => settings,
+        Err(e) => panic!("test config: {e}\n{text}"),
+    }
+}
+
+/// The `[sink]` of [`test_settings`] for an S3 bucket `flows`.
+#[cfg(test)]
+pub(crate) const TEST_S3_SINK: &str = "type = \"s3\"\nbucket = \"flows\"\nregion = \"eu-west-3\"";

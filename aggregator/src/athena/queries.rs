@@ -304,7 +304,6 @@ impl Select {
         if let Some(limit) = self.limit {
             sql.push_str(&format!("LIMIT {limit}\n"));
         }
-        // The `;` on a line of its own keeps the last clause easy to extend.
         sql.truncate(sql.trim_end().len());
         sql.push_str(";\n");
         sql
@@ -321,27 +320,11 @@ mod tests {
         let format_line = log_format
             .map(|f| format!("log_format = \"{f}\""))
             .unwrap_or_default();
-        let s = crate::config::parse(
-            &format!(
-                r#"
-[flow_log]
-id = "fl-0123456789abcdef0"
-account_id = "123456789012"
-region = "eu-west-3"
-[output]
-layout = "{layout}"
-{format_line}
-[sink]
-type = "s3"
-bucket = "flows"
-region = "eu-west-3"
-[athena]
-since = "2026-01-15"
-"#
-            ),
-            "test.toml",
-        )
-        .unwrap();
+        let s = crate::athena::test_settings(
+            &format!("layout = \"{layout}\"\n{format_line}"),
+            crate::athena::TEST_S3_SINK,
+            "since = \"2026-01-15\"",
+        );
         Table::new(&s, None, &[])
     }
 

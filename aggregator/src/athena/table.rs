@@ -173,25 +173,11 @@ mod tests {
     use super::*;
 
     fn settings(layout: &str, prefix: &str) -> Settings {
-        crate::config::parse(
-            &format!(
-                r#"
-[flow_log]
-id = "fl-0123456789abcdef0"
-account_id = "123456789012"
-region = "eu-west-3"
-[output]
-layout = "{layout}"
-prefix = "{prefix}"
-[sink]
-type = "s3"
-bucket = "my-bucket"
-region = "eu-west-3"
-"#
-            ),
-            "test.toml",
+        crate::athena::test_settings(
+            &format!("layout = \"{layout}\"\nprefix = \"{prefix}\""),
+            crate::athena::TEST_S3_SINK,
+            "",
         )
-        .unwrap()
     }
 
     /// The template, filled in, is the folder the writer puts a file of that partition in.
@@ -220,7 +206,7 @@ region = "eu-west-3"
                 .unwrap();
                 assert_eq!(
                     filled,
-                    format!("s3://my-bucket/{folder}"),
+                    format!("s3://flows/{folder}"),
                     "{layout} {prefix:?}"
                 );
             }
@@ -249,7 +235,7 @@ region = "eu-west-3"
         assert_eq!(table.accounts, ["111122223333", "123456789012"]);
         assert_eq!(table.regions, ["eu-west-3", "us-east-1"]);
         assert_eq!(table.since, NaiveDate::from_ymd_opt(2025, 12, 31).unwrap());
-        assert_eq!(table.location(), "s3://my-bucket/AWSLogs/");
+        assert_eq!(table.location(), "s3://flows/AWSLogs/");
 
         let mut s = s;
         s.athena.accounts = vec!["999988887777".into()];
