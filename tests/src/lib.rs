@@ -5,6 +5,7 @@
 //!   [`s3::FlakyProxy`] that simulates an endpoint going down and coming back.
 //! - [`pki`]: a throw-away CA with server and client certificates for TLS tests.
 //! - [`published_records`]: every record of every flow log file below a directory.
+//! - [`binaries`]: builds the workspace's executables the end-to-end tests run.
 //!
 //! The Python side lives in the venv `scripts/setup-test-env.sh` creates (`$FLOWLOG_VENV`,
 //! by default `target/test-venv`); the integration tests under `tests/` use it too.
@@ -12,11 +13,61 @@
 pub mod pki;
 pub mod s3;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use flowlog_formats::FlowRecord;
 use flowlog_formats::input::RecordSource;
+
+/// Builds (if needed) `flowlog-agent`, `flowlog-aggregator` and `gen_pcap` in the profile
+/// of the running test, and returns the directory holding them (`target/<profile>`).
+///
+/// This crate's tests run the other crates' executables, which cargo only builds for
+/// their own packages' tests. Every test asks for the same set, so cargo resolves the
+/// same features each time and nothing is rebuilt between tests.
+pub fn binaries() -> anyhow::Result<&'static Path> {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    if let Some(dir) = DIR.get() {
+        return Ok(dir);
+    }
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "flowlog-agent",
+            "-p",
+            "flowlog-aggregator",
+            "-p",
+            "flowlog-benches",
+            "--bin",
+            "flowlog-agent",
+            "--bin",
+            "flowlog-aggregator",
+            "--bin",
+            "gen_pcap",
+        ])
+        .current_dir(s3::workspace_root())
+        .status()
+        .context("running cargo build")?;
+    anyhow::ensure!(status.success(), "building the binaries failed: {status}");
+    // target/<profile>/deps/<test executable> → target/<profile>
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the test executable is not in target/<profile>/deps")?
+        .to_path_buf();
+    for bin in ["flowlog-agent", "flowlog-aggregator", "gen_pcap"] {
+        anyhow::ensure!(
+            dir.join(bin).exists(),
+            "{} is missing",
+            dir.join(bin).display()
+        );
+    }
+    Ok(DIR.get_or_init(|| dir))
+}
 
 /// Reads every flow log file (text, gzip'd or not, or Parquet) below `root`, skipping
 /// entries whose name starts with `.` (temporary copies); returns the number of files and

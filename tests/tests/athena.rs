@@ -19,7 +19,6 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use flowlog_tests::s3::{S3TestServer, venv_dir, workspace_root};
@@ -113,32 +112,10 @@ fn log_format(fields: &[&str]) -> String {
 
 /// Builds (if needed) and returns `flowlog-aggregator`: this crate's tests run another
 /// crate's executable, which cargo only builds for that crate's own tests.
-fn aggregator() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "flowlog-aggregator",
-                "--bin",
-                "flowlog-aggregator",
-            ])
-            .current_dir(workspace_root())
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building flowlog-aggregator failed");
-        // target/<profile>/deps/<this test> → target/<profile>
-        let bin = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .join("flowlog-aggregator");
-        assert!(bin.exists(), "{} is missing", bin.display());
-        bin
-    })
+fn aggregator() -> PathBuf {
+    flowlog_tests::binaries()
+        .expect("building the binaries")
+        .join("flowlog-aggregator")
 }
 
 fn setup_hint() -> &'static str {

@@ -32,44 +32,12 @@ struct Bins {
 fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        let root = flowlog_tests::s3::workspace_root();
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "flowlog-agent",
-                "-p",
-                "flowlog-aggregator",
-                "-p",
-                "flowlog-benches",
-                "--bin",
-                "flowlog-agent",
-                "--bin",
-                "flowlog-aggregator",
-                "--bin",
-                "gen_pcap",
-            ])
-            .current_dir(&root)
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building the binaries failed");
-        // target/<profile>/deps/<this test> → target/<profile>
-        let dir = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .to_path_buf();
-        let bins = Bins {
+        let dir = flowlog_tests::binaries().expect("building the binaries");
+        Bins {
             agent: dir.join("flowlog-agent"),
             aggregator: dir.join("flowlog-aggregator"),
             gen_pcap: dir.join("gen_pcap"),
-        };
-        for b in [&bins.agent, &bins.aggregator, &bins.gen_pcap] {
-            assert!(b.exists(), "{} is missing", b.display());
         }
-        bins
     })
 }
 
