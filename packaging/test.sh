@@ -10,6 +10,7 @@
 #   .rpm  queried with rpm (files, %config(noreplace), scriptlets) and installed,
 #         upgraded and erased in a scratch root (--noscripts: the scriptlets need
 #         useradd/systemctl inside that root); rpmlint.
+#   systemd  the services run by a real systemd in a container (systemd-check.sh).
 #
 # Needs root (CI runs as root) and dpkg; installs rpm, lintian, rpmlint and the other tools
 # it uses with apt-get when missing. Under CI=true a missing capability fails the test.
@@ -428,6 +429,16 @@ status=0
 rpmlint --config packaging/rpm/rpmlint.toml "$agent_rpm" "$aggregator_rpm" >"$tmp/rpmlint.txt" 2>&1 || status=$?
 sed 's/^/  rpmlint: /' "$tmp/rpmlint.txt"
 check "rpmlint: no errors ($(tail -n 1 "$tmp/rpmlint.txt"))" test "$status" -eq 0
+
+# --- under systemd -------------------------------------------------------------------------
+
+# The services themselves, run by a real systemd in a container booted from an overlay of
+# this machine's root (nothing here changes): see systemd-check.sh.
+systemd_started=$SECONDS
+status=0
+bash packaging/systemd-check.sh || status=$?
+check "the services under systemd (systemd-check.sh, $((SECONDS - systemd_started)) s)" \
+    test "$status" -eq 0
 
 echo "packaging test: $((SECONDS - started)) s"
 echo "packaging: $passed passed, 0 failed"

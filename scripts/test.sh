@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: sets up what the tests need on a fresh machine (Python
-# readers in a venv, Debian tools for the agent's tests), then runs formatting, lint and the
-# whole test suite.
+# readers in a venv, Debian tools for the agent's tests), then runs formatting, lint, the
+# whole test suite, then the packages.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -15,3 +15,6 @@ if cargo tree -p flowlog-agent --no-default-features -e normal | grep -E '^\W*(a
     exit 1
 fi
 cargo test --workspace
+# The four packages, built with the dist profile and installed, upgraded and purged on this
+# machine, and their services run under systemd (see packaging/README.md).
+bash packaging/test.sh
