@@ -10,10 +10,10 @@
 #   5. the package life cycle with the services enabled and running: reinstalling restarts
 #      them, `dpkg -r` stops them, `dpkg --purge` removes the state and the user.
 #
-# Needs root and systemd (the container boots the host's own /usr/lib/systemd/systemd);
-# installs systemd-container and openssl with apt-get when missing. Run build.sh first
-# (packaging/test.sh does, then runs this). Under CI=true a missing capability fails the
-# check; elsewhere it prints SKIP.
+# Needs root, systemd (the container boots the host's own /usr/lib/systemd/systemd),
+# systemd-nspawn (package systemd-container) and openssl; packaging/test.sh installs them
+# when missing, builds the packages, then runs this. Under CI=true a missing capability
+# fails the check; elsewhere it prints SKIP.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,14 +33,10 @@ fi
 for deb in "${debs[@]}"; do
     [[ -s "$deb" ]] || { echo "FAIL: $deb is missing; run packaging/build.sh first" >&2; exit 1; }
 done
-missing=()
-command -v systemd-nspawn >/dev/null || missing+=(systemd-container)
-command -v openssl >/dev/null || missing+=(openssl)
-if [[ ${#missing[@]} -gt 0 ]]; then
-    echo "installing: ${missing[*]}"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+for tool in systemd-nspawn:systemd-container openssl:openssl nsenter:util-linux; do
+    command -v "${tool%%:*}" >/dev/null \
+        || { echo "FAIL: ${tool%%:*} is missing (apt-get install ${tool#*:})" >&2; exit 1; }
+done
 
 work="$(mktemp -d)"
 root="$work/root"
