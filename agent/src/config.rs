@@ -387,7 +387,8 @@ fn split_shipping(
     let service = table.remove("service");
     let standalone_only = |what: &str| {
         format!(
-            "[aggregator] is set, so records go to the aggregator; {what} applies to              standalone mode only (remove it, or remove [aggregator])"
+            "[aggregator] is set, so records go to the aggregator; {what} applies to \
+             standalone mode only (remove it, or remove [aggregator])"
         )
     };
     for name in ["sink", "state", "athena"] {
@@ -585,18 +586,29 @@ addresses = ["10.0.0.10", "10.244.1.0/24", "2001:db8:1:1::/64", "2001:db8:1:1::1
 
     const EXAMPLE: &str = include_str!("../../docs/agent.example.toml");
 
-    /// The example's fleet-mode variant, as its comments say to make it: standalone-only
-    /// keys removed, `[aggregator]` and `[spool]` uncommented, files pointed at `dir`.
-    fn fleet_example(dir: &std::path::Path) -> String {
-        let (standalone, fleet) = EXAMPLE.split_once("# Fleet mode").unwrap();
+    /// The config the packages install as /etc/flowlog/agent.toml.
+    const PACKAGED: &str = include_str!("../../packaging/config/agent.toml");
+
+    /// The fleet-mode variant of `config` (the example or the packaged config), as its
+    /// comments say to make it: standalone-only keys removed, `[aggregator]` and `[spool]`
+    /// uncommented, files pointed at `dir`.
+    fn fleet_variant(config: &str, dir: &std::path::Path) -> String {
+        let (standalone, fleet) = config.split_once("# Fleet mode").unwrap();
         let mut out = String::new();
-        let mut skip = false;
+        let mut section = "";
         for line in standalone.lines() {
             if line.starts_with('[') {
-                skip = line == "[sink]" || line == "[state]";
+                section = line;
             }
             let key = line.split('=').next().unwrap_or("").trim();
-            if skip || ["format", "layout", "window", "grace", "shutdown_grace"].contains(&key) {
+            let is_key = line.contains(" = ") && !line.starts_with('#');
+            let standalone_only = match section {
+                "[sink]" | "[state]" => true,
+                "[output]" => is_key && key != "log_format",
+                "[service]" => key == "shutdown_grace",
+                _ => false,
+            };
+            if standalone_only {
                 continue;
             }
             out.push_str(line);
@@ -618,21 +630,84 @@ addresses = ["10.0.0.10", "10.244.1.0/24", "2001:db8:1:1::/64", "2001:db8:1:1::1
             .replace("/etc/flowlog/agent.token", &token.display().to_string())
     }
 
+    fn fleet_example(dir: &std::path::Path) -> String {
+        fleet_variant(EXAMPLE, dir)
+    }
+
     #[test]
-    fn the_example_config_parses_in_both_modes() {
-        #[cfg(feature = "standalone")]
-        {
-            let s = parse(EXAMPLE, "agent.example.toml").unwrap();
-            assert!(s.ship.is_none());
+    fn the_example_and_the_packaged_config_parse_in_both_modes() {
+        for (name, config) in [
+            ("agent.example.toml", EXAMPLE),
+            ("packaging/config/agent.toml", PACKAGED),
+        ] {
+            #[cfg(feature = "standalone")]
+            {
+                let s = parse(config, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert!(s.ship.is_none(), "{name}");
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let fleet = fleet_variant(config, dir.path());
+            let s = parse(&fleet, name).unwrap_or_else(|e| panic!("{name}: {e}\n{fleet}"));
+            let ship = s.ship.unwrap();
+            assert_eq!(ship.endpoints.len(), 2, "{name}");
+            assert_eq!(ship.agent_id, "web-01", "{name}");
+            assert_eq!(ship.token.expose(), "t0ken", "{name}");
+            assert_eq!(ship.service.log_level, "info", "{name}");
         }
+    }
+
+    /// The packaged config shows every key: with each commented-out key and section of
+    /// standalone mode uncommented (S3 keys included, the sink switched to S3), every one
+    /// is accepted.
+    #[cfg(feature = "standalone")]
+    #[test]
+    fn every_key_of_the_packaged_config_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
-        let fleet = fleet_example(dir.path());
-        let s = parse(&fleet, "fleet.toml").unwrap_or_else(|e| panic!("{e}\n{fleet}"));
-        let ship = s.ship.unwrap();
-        assert_eq!(ship.endpoints.len(), 2);
-        assert_eq!(ship.agent_id, "web-01");
-        assert_eq!(ship.token.expose(), "t0ken");
-        assert_eq!(ship.service.log_level, "info");
+        let ranges = dir.path().join("ip-ranges.json");
+        std::fs::write(&ranges, r#"{"prefixes": [], "ipv6_prefixes": []}"#).unwrap();
+        let (standalone, _) = PACKAGED.split_once("# Fleet mode").unwrap();
+        let mut text = String::new();
+        let mut uncommented = 0;
+        for line in standalone.lines() {
+            let line = match line
+                .strip_prefix("# s3: ")
+                .or_else(|| line.strip_prefix("# "))
+            {
+                Some(l)
+                    if (l.starts_with('[')
+                        && l.split('#').next().unwrap().trim_end().ends_with(']'))
+                        || (l.contains(" = ")
+                            && l.starts_with(|c: char| c.is_ascii_lowercase())) =>
+                {
+                    uncommented += 1;
+                    l
+                }
+                _ => line,
+            };
+            if line.starts_with("path = \"/var/lib/flowlog-agent/flowlogs\"") {
+                continue;
+            }
+            text.push_str(&line.replace("type = \"local\"", "type = \"s3\""));
+            text.push('\n');
+        }
+        // Alternatives the comments describe: a KMS key needs sse = "aws:kms", and a
+        // sublocation replaces the host's az_id (az_id stays in [[metadata.subnet]]).
+        let text = text
+            .replace(
+                "/var/lib/flowlog-agent/ip-ranges.json",
+                &ranges.display().to_string(),
+            )
+            .replace("sse = \"none\"", "sse = \"aws:kms\"")
+            .replace("az_id = \"use1-az1\"\nsublocation_type", "sublocation_type");
+        assert!(uncommented > 40, "{uncommented} lines uncommented");
+        let s = parse(&text, "packaged.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(s.firewall.nflog_group, Some(100));
+        assert_eq!(s.interfaces.len(), 1);
+        assert!(s.metadata.ip_ranges.is_some());
+        assert!(matches!(
+            s.publish.sink,
+            flowlog_aggregator::config::SinkSettings::S3 { .. }
+        ));
     }
 
     #[test]

@@ -1186,25 +1186,46 @@ mod tests {
         assert_eq!(s.state.fsync, FsyncPolicy::Always);
     }
 
+    /// The example and the config the packages install as /etc/flowlog/aggregator.toml
+    /// parse as they are, and with every `# s3: ` key uncommented and the sink switched to
+    /// S3.
     #[test]
     fn every_documented_key_is_accepted() {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../docs/aggregator.example.toml"
-        ))
-        .unwrap();
-        let s = parse(&text, "aggregator.example.toml").unwrap();
-        assert!(matches!(s.sink, SinkSettings::Local { .. }));
-        let s3 = text
-            .replace("type = \"local\"", "type = \"s3\"")
-            .replace("path = \"./flowlogs\"", "");
-        let s3 = s3.replace("# s3: ", "");
-        let s = parse(&s3, "s3.toml").unwrap();
-        let SinkSettings::S3 { settings, .. } = s.sink else {
-            panic!("s3 expected")
-        };
-        assert_eq!(settings.bucket, "my-bucket");
-        assert_eq!(settings.acl.as_deref(), Some("bucket-owner-full-control"));
+        for file in [
+            "docs/aggregator.example.toml",
+            "packaging/config/aggregator.toml",
+        ] {
+            let text = std::fs::read_to_string(format!("{}/../{file}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap();
+            let s = parse(&text, file).unwrap_or_else(|e| panic!("{e}"));
+            assert!(matches!(s.sink, SinkSettings::Local { .. }), "{file}");
+            let s3: String = text
+                .lines()
+                .filter(|l| !l.starts_with("path = "))
+                .map(|l| {
+                    let l = l.strip_prefix("# s3: ").unwrap_or(l);
+                    format!("{}\n", l.replace("type = \"local\"", "type = \"s3\""))
+                })
+                .collect();
+            let uncommented = text.lines().filter(|l| l.starts_with("# s3: ")).count();
+            assert!(uncommented >= 16, "{file}: {uncommented} S3 keys");
+            // A KMS key needs sse = "aws:kms"; the comments say so.
+            let s3 = if s3.contains("kms_key_id = ") {
+                s3.replace("sse = \"none\"", "sse = \"aws:kms\"")
+            } else {
+                s3
+            };
+            let s = parse(&s3, file).unwrap_or_else(|e| panic!("{e}\n{s3}"));
+            let SinkSettings::S3 { settings, .. } = s.sink else {
+                panic!("{file}: s3 expected")
+            };
+            assert_eq!(settings.bucket, "my-bucket", "{file}");
+            assert_eq!(
+                settings.acl.as_deref(),
+                Some("bucket-owner-full-control"),
+                "{file}"
+            );
+        }
     }
 
     #[test]
