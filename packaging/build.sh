@@ -5,7 +5,8 @@
 #   1. installs cargo-deb and cargo-generate-rpm (pinned versions) unless already installed;
 #   2. builds both binaries once with the `dist` profile (fat LTO, stripped);
 #   3. generates the man pages (from --help) and the Debian changelogs into target/packaging/;
-#   4. packages without rebuilding: cargo deb --no-build, cargo generate-rpm.
+#   4. packages without rebuilding: cargo deb --no-build (plus DEBIAN/md5sums, which
+#      cargo-deb does not write), cargo generate-rpm.
 #
 # The version is the workspace's ([workspace.package] version in Cargo.toml); package
 # timestamps come from SOURCE_DATE_EPOCH (default: the last commit's time).
@@ -46,7 +47,7 @@ ensure_tool() {
 }
 ensure_tool cargo-deb deb "$CARGO_DEB_VERSION"
 ensure_tool cargo-generate-rpm generate-rpm "$CARGO_GENERATE_RPM_VERSION"
-for tool in gzip iconv; do
+for tool in gzip iconv dpkg-deb md5sum; do
     command -v "$tool" >/dev/null || { echo "error: $tool is required" >&2; exit 1; }
 done
 
@@ -185,11 +186,31 @@ done
 
 # --- packages ------------------------------------------------------------------------------
 
+# add_md5sums DEB: cargo-deb writes no DEBIAN/md5sums, which `dpkg --verify` and debsums
+# check installed files against. Rebuilds DEB with it: every file but the conffiles (dpkg
+# records those itself), as dh_md5sums does.
+add_md5sums() {
+    local deb="$1" tree="$gen/repack"
+    rm -rf "$tree"
+    dpkg-deb -R "$deb" "$tree"
+    (
+        cd "$tree"
+        find . -path ./DEBIAN -prune -o -type f -printf '%P\n' | LC_ALL=C sort \
+            | { grep -vxF -f <(sed 's|^/||' DEBIAN/conffiles 2>/dev/null) || true; } \
+            | xargs -r -d '\n' md5sum
+    ) >"$tree/DEBIAN/md5sums"
+    chmod 0644 "$tree/DEBIAN/md5sums"
+    SOURCE_DATE_EPOCH="$source_date_epoch" \
+        dpkg-deb --root-owner-group -Zxz --build "$tree" "$deb" >/dev/null
+    rm -rf "$tree"
+}
+
 rm -rf "$out"
 mkdir -p "$out"
 for package in "${PACKAGES[@]}"; do
     SOURCE_DATE_EPOCH="$source_date_epoch" \
         cargo deb --quiet --no-build --profile dist -p "$package" --output "$out/"
+    add_md5sums "$(ls "$out"/"${package}"_*.deb)"
     # cargo generate-rpm takes the package's directory.
     SOURCE_DATE_EPOCH="$source_date_epoch" \
         cargo generate-rpm --profile dist -p "${package#flowlog-}" -o "$out/"

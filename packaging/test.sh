@@ -132,6 +132,11 @@ for deb in "$agent_deb" "$aggregator_deb"; do
             && grep -q 'deb-systemd-helper debian-installed' '$tmp/control-$name/postinst' \
             && ! grep -Eq 'was-enabled defaults to true|deb-systemd-invoke start|_dh_action=start' \
                 '$tmp/control-$name/postinst'"
+    dpkg-deb -x "$deb" "$tmp/data-$name"
+    check "$name: DEBIAN/md5sums matches every file of the package but the conffile" \
+        bash -c "cd '$tmp/data-$name' && md5sum -c --quiet '$tmp/control-$name/md5sums' \
+            && [[ \$(wc -l <'$tmp/control-$name/md5sums') -eq \$(find . -type f | wc -l) - 1 ]] \
+            && ! grep -q ' etc/' '$tmp/control-$name/md5sums'"
     check "$name: prerm stops the service on removal" \
         grep -q 'deb-systemd-invoke stop' "$tmp/control-$name/prerm"
     check "$name: postinst restarts on upgrade only if running (try-restart)" \
@@ -194,6 +199,14 @@ check "dpkg lists /etc/flowlog/agent.toml as a conffile" \
     bash -c "dpkg-query -W -f='\${Conffiles}' flowlog-agent | grep -q ' /etc/flowlog/agent.toml '"
 check "dpkg lists /etc/flowlog/aggregator.toml as a conffile" \
     bash -c "dpkg-query -W -f='\${Conffiles}' flowlog-aggregator | grep -q ' /etc/flowlog/aggregator.toml '"
+
+# dpkg --verify checks the installed files against DEBIAN/md5sums: clean now, and a changed
+# file is reported (the reinstall below restores it).
+check "dpkg --verify: the installed files match the packages" \
+    test -z "$(dpkg --verify flowlog-agent flowlog-aggregator)"
+echo tampered >>/usr/share/doc/flowlog-agent/README.md
+check "dpkg --verify reports a changed file" \
+    bash -c "dpkg --verify flowlog-agent | grep -q '^..5.* /usr/share/doc/flowlog-agent/README.md\$'"
 
 # Not enabled, not started.
 check "the units are not enabled on install" \
@@ -301,6 +314,9 @@ edits_kept() {
 dpkg -i "$agent_deb" "$aggregator_deb" </dev/null >"$tmp/reinstall.log" 2>&1 \
     || { cat "$tmp/reinstall.log"; fail "dpkg -i again (reinstall)"; }
 check "reinstall keeps the edited configs and the state" edits_kept
+check "reinstall restores the changed file (dpkg --verify: only the edited conffiles)" \
+    test "$(dpkg --verify flowlog-agent flowlog-aggregator | awk '{print $2, $3}' | sort | tr '\n' ' ')" \
+        == "c /etc/flowlog/agent.toml c /etc/flowlog/aggregator.toml "
 for package in flowlog-agent flowlog-aggregator; do
     cargo deb --quiet --no-build --profile dist -p "$package" --deb-version "$version-2" \
         --output "$tmp/upgrade/" >/dev/null
