@@ -5,6 +5,18 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# A CI run builds once from scratch: incremental state would only take disk (2 GB).
+if [ "${CI:-}" = "true" ]; then
+    export CARGO_INCREMENTAL=0
+fi
+# The whole run needs about 8 GB under target/ (see README, Testing); say so up front
+# rather than dying in the middle of a link with ENOSPC.
+free_kb="$(df -Pk . | awk 'NR == 2 {print $4}')"
+echo "disk: $((free_kb / 1024 / 1024)) GB free at the start"
+if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
+    echo "warning: less than 8 GB free on $(df -P . | awk 'NR == 2 {print $6}'); the build may run out of space" >&2
+fi
+
 bash scripts/setup-test-env.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
@@ -18,3 +30,4 @@ cargo test --workspace
 # The four packages, built with the dist profile and installed, upgraded and purged on this
 # machine, and their services run under systemd (see packaging/README.md).
 bash packaging/test.sh
+du -sh target 2>/dev/null | awk '{print "disk: target/ holds " $1 " at the end"}'
