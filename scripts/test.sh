@@ -9,8 +9,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [ "${CI:-}" = "true" ]; then
     export CARGO_INCREMENTAL=0
 fi
-# The whole run needs about 8 GB under target/ (see README, Testing); say so up front
-# rather than dying in the middle of a link with ENOSPC.
+# A fresh run peaks at 5.3 GB under target/ (test venv included), plus the cargo registry
+# and the packaging tools in ~/.cargo; say so up front rather than dying in the middle of a
+# link with ENOSPC.
 free_kb="$(df -Pk . | awk 'NR == 2 {print $4}')"
 echo "disk: $((free_kb / 1024 / 1024)) GB free at the start"
 if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
