@@ -12,10 +12,11 @@ fi
 # A fresh run peaks at 5.3 GB under target/ (test venv included), plus the cargo registry
 # and the packaging tools in ~/.cargo; say so up front rather than dying in the middle of a
 # link with ENOSPC.
-free_kb="$(df -Pk . | awk 'NR == 2 {print $4}')"
+min_free_gb=8
+read -r free_kb mount < <(df -Pk . | awk 'NR == 2 {print $4, $6}')
 echo "disk: $((free_kb / 1024 / 1024)) GB free at the start"
-if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
-    echo "warning: less than 8 GB free on $(df -P . | awk 'NR == 2 {print $6}'); the build may run out of space" >&2
+if [ "$free_kb" -lt $((min_free_gb * 1024 * 1024)) ]; then
+    echo "warning: less than $min_free_gb GB free on $mount; the build may run out of space" >&2
 fi
 
 bash scripts/setup-test-env.sh
