@@ -415,7 +415,7 @@ fn split_shipping(
 const PUBLISH_SECTIONS: [&str; 4] = ["sink", "state", "service", "athena"];
 
 /// `[output]` keys of the publishing pipeline only.
-const PUBLISH_OUTPUT_KEYS: [&str; 10] = [
+const PUBLISH_OUTPUT_KEYS: [&str; 12] = [
     "format",
     "layout",
     "prefix",
@@ -425,6 +425,8 @@ const PUBLISH_OUTPUT_KEYS: [&str; 10] = [
     "gzip_level",
     "parquet_dictionary",
     "parquet_row_group_rows",
+    "workers",
+    "memory_budget",
     "max_open_files",
 ];
 

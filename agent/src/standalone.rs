@@ -170,13 +170,12 @@ impl Publisher {
     /// the sink to confirm them, and stops the pipeline.
     pub fn finish(mut self, grace: Option<Duration>) -> Result<PublishSummary, StandaloneError> {
         self.flush()?;
-        self.pipeline.seal_all()?;
         let published = self
             .pipeline
-            .wait_published(grace.unwrap_or(self.publish.service.shutdown_grace))?;
+            .finish(grace.unwrap_or(self.publish.service.shutdown_grace))?;
         self.cancel.cancel();
         let stats = self.pipeline.stop()?;
-        self.runtime.shutdown_timeout(Duration::from_secs(5));
+        self.runtime.shutdown_timeout(Duration::from_secs(1));
         Ok(PublishSummary {
             records: self.records,
             stats,

@@ -146,8 +146,13 @@ pub struct OutputSettings {
     pub gzip_level: u32,
     /// Parquet writer options.
     pub parquet: ParquetOptions,
-    /// Files written at once; beyond it the least recently written file is sealed.
-    pub max_open_files: usize,
+    /// Encoder threads (files of different streams are encoded in parallel).
+    pub workers: usize,
+    /// Memory for records waiting in streams and for open encoders; beyond it the streams
+    /// holding the most go to their encoders, then the largest stream's file is sealed.
+    pub memory_budget: u64,
+    /// `max_open_files` was set: it no longer has any effect (a warning at start).
+    pub max_open_files_set: bool,
 }
 
 /// `[sink]`.
@@ -196,6 +201,8 @@ pub struct StateSettings {
     pub wal_segment_bytes: u64,
     /// Writer id in every file's hash; `None` = derived once and kept in the state dir.
     pub writer_id: Option<String>,
+    /// Beyond this WAL size, the streams holding its oldest records are sealed.
+    pub max_wal_bytes: u64,
 }
 
 /// `[service]`.
@@ -309,6 +316,9 @@ struct RawOutput {
     gzip_level: Option<u32>,
     parquet_dictionary: Option<bool>,
     parquet_row_group_rows: Option<usize>,
+    workers: Option<usize>,
+    memory_budget: Option<ByteSize>,
+    /// No longer used; accepted so that configs written for earlier versions still load.
     max_open_files: Option<usize>,
 }
 
@@ -345,6 +355,7 @@ struct RawState {
     fsync: Option<String>,
     wal_segment_bytes: Option<ByteSize>,
     writer_id: Option<String>,
+    max_wal_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -398,6 +409,8 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "gzip_level",
             "parquet_dictionary",
             "parquet_row_group_rows",
+            "workers",
+            "memory_budget",
             "max_open_files",
         ],
     ),
@@ -426,7 +439,16 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "if_none_match",
         ],
     ),
-    ("state", &["dir", "fsync", "wal_segment_bytes", "writer_id"]),
+    (
+        "state",
+        &[
+            "dir",
+            "fsync",
+            "wal_segment_bytes",
+            "writer_id",
+            "max_wal_bytes",
+        ],
+    ),
     (
         "service",
         &[
@@ -946,9 +968,19 @@ fn validate_output(raw: RawOutput, p: &mut Problems) -> Option<OutputSettings> {
         }
         parquet.max_row_group_rows = rows.max(1);
     }
-    let max_open_files = raw.max_open_files.unwrap_or(64);
-    if max_open_files == 0 {
-        p.add("output.max_open_files", "must be at least 1");
+    let workers = raw.workers.unwrap_or_else(default_workers);
+    if workers == 0 || workers > 256 {
+        p.add(
+            "output.workers",
+            format!("{workers} encoder threads: must be 1-256 (default: the number of cores)"),
+        );
+    }
+    let memory_budget = raw.memory_budget.map_or(DEFAULT_MEMORY_BUDGET, |b| b.0);
+    if memory_budget < 16 << 20 {
+        p.add(
+            "output.memory_budget",
+            format!("{memory_budget} bytes is too small (at least 16 MiB)"),
+        );
     }
     Some(OutputSettings {
         format: format?,
@@ -960,7 +992,9 @@ fn validate_output(raw: RawOutput, p: &mut Problems) -> Option<OutputSettings> {
         grace,
         gzip_level,
         parquet,
-        max_open_files: max_open_files.max(1),
+        workers: workers.clamp(1, 256),
+        memory_budget,
+        max_open_files_set: raw.max_open_files.is_some(),
     })
 }
 
@@ -1123,12 +1157,34 @@ fn validate_state(raw: RawState, p: &mut Problems) -> StateSettings {
     if wal_segment_bytes < 1 << 20 {
         p.add("state.wal_segment_bytes", "must be at least 1 MiB");
     }
+    let max_wal_bytes = raw.max_wal_bytes.map_or(DEFAULT_MAX_WAL_BYTES, |b| b.0);
+    if max_wal_bytes < 2 * wal_segment_bytes {
+        p.add(
+            "state.max_wal_bytes",
+            format!(
+                "{max_wal_bytes} bytes is less than two WAL segments ({} bytes)",
+                2 * wal_segment_bytes
+            ),
+        );
+    }
     StateSettings {
         dir: raw.dir.unwrap_or_else(|| PathBuf::from("./flowlog-state")),
         fsync,
         wal_segment_bytes,
         writer_id,
+        max_wal_bytes,
     }
+}
+
+/// Default of `[output] memory_budget`.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
+
+/// Default of `[state] max_wal_bytes`.
+pub const DEFAULT_MAX_WAL_BYTES: u64 = 8 << 30;
+
+/// Default of `[output] workers`: the cores this process may run on.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 fn validate_service(raw: RawService, p: &mut Problems) -> ServiceSettings {

@@ -415,16 +415,8 @@ fn import_main(
         &cancel,
     )?;
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        runtime.spawn(async move {
-            telemetry::shutdown_signal().await;
-            tracing::info!("signal received: sealing open files and uploading");
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
     let started = Instant::now();
-    let pipeline = Pipeline::start(
+    let pipeline = Pipeline::start_import(
         settings,
         Arc::clone(&sink),
         Arc::clone(&metrics),
@@ -432,18 +424,33 @@ fn import_main(
         runtime.handle().clone(),
         cancel.clone(),
     )?;
+    {
+        let stop = Arc::clone(&stop);
+        let deadline = pipeline.shutdown_deadline();
+        let grace = settings.service.shutdown_grace;
+        runtime.spawn(async move {
+            telemetry::shutdown_signal().await;
+            // From here the whole shutdown (sealing and uploading) has `grace`; what does
+            // not make it stays in the state directory for the next run.
+            deadline.set(grace);
+            tracing::info!(
+                grace = %humantime::format_duration(grace),
+                "signal received: sealing and uploading what can be within shutdown_grace"
+            );
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
     let inputs: Vec<Input> = inputs.iter().map(|a| Input::from_arg(a)).collect();
     let summary = import::import(&pipeline, settings, &inputs, headerless, &stop)?;
-    pipeline.seal_all()?;
-    let wait = if summary.interrupted || stop.load(Ordering::Relaxed) {
-        settings.service.shutdown_grace
+    let published = if summary.interrupted || stop.load(Ordering::Relaxed) {
+        pipeline.finish(settings.service.shutdown_grace)?
     } else {
-        Duration::from_secs(u64::MAX / 4)
+        pipeline.seal_all()?;
+        pipeline.wait_published(Duration::from_secs(u64::MAX / 4))?
     };
-    let published = pipeline.wait_published(wait)?;
     cancel.cancel();
     let stats = pipeline.stop()?;
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    runtime.shutdown_timeout(Duration::from_secs(1));
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "imported {} records from {} input(s) in {:.1}s ({:.0} records/s); {} already imported, {} records resumed, {} malformed skipped",

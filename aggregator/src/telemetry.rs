@@ -162,7 +162,13 @@ pub const RETRY_CLASSES: [&str; 2] = [RETRY_TRANSIENT, RETRY_PERMANENT];
 
 /// All `reason` label values of `flowlog_sealed_files_total` (they match
 /// `SealReason::as_str` in the stager).
-pub const SEAL_REASONS: [&str; 4] = ["window_closed", "size_cap", "open_file_limit", "shutdown"];
+pub const SEAL_REASONS: [&str; 5] = [
+    "window_closed",
+    "size_cap",
+    "memory_budget",
+    "wal_limit",
+    "shutdown",
+];
 
 /// `result` of a push that was written.
 pub const INGEST_ACCEPTED: &str = "accepted";

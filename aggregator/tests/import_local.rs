@@ -201,7 +201,7 @@ fn bad_config_is_refused_with_every_problem() {
 /// restarting it with the same command; the published records must equal the input.
 #[test]
 fn kill_9_at_any_point_then_rerun_publishes_every_record_exactly_once() {
-    let s = Setup::local("max_file_bytes = 200000\nmax_open_files = 4");
+    let s = Setup::local("max_file_bytes = 200000\nmemory_budget = \"16MiB\"");
     let recs = records(400_000, 12, &[A, B], true, 99);
     let input = s.input("big.log");
     write_text(&input, &LogFormat::aws_default(), &recs);

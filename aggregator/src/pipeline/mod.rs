@@ -19,6 +19,7 @@
 
 pub mod batch;
 pub mod dedupe;
+pub mod encoder;
 pub mod manifest;
 pub mod stager;
 pub mod window;
@@ -27,6 +28,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -79,7 +81,8 @@ enum Msg {
         ack: Option<SyncSender<u64>>,
     },
     SealAll {
-        reply: SyncSender<()>,
+        deadline: Option<Instant>,
+        reply: SyncSender<bool>,
     },
     /// Deliveries are queued (see [`Deliverer::deliver`]).
     Wake,
@@ -130,6 +133,49 @@ pub struct Pipeline {
     thread: Option<JoinHandle<Result<PipelineStats, PipelineError>>>,
     imports: HashMap<String, ImportMark>,
     writer_id: String,
+    deadline: ShutdownDeadline,
+}
+
+/// The moment by which a shutdown must be over, shared with the pipeline thread: once it
+/// has passed, nothing waits for an upload slot any more (sealed files stay staged for the
+/// next start) and no further stream is sealed (its records stay in the WAL). Cheap to
+/// clone; set it from a signal handler with [`ShutdownDeadline::set`].
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownDeadline(Arc<AtomicU64>);
+
+impl ShutdownDeadline {
+    /// Sets the deadline to `after` from now (an earlier deadline already set stays).
+    pub fn set(&self, after: Duration) {
+        let at = unix_millis().saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+        let _ = self
+            .0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+                (old == 0 || at < old).then_some(at)
+            });
+    }
+
+    /// Returns the time left before the deadline: `None` when none is set.
+    pub fn remaining(&self) -> Option<Duration> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            at => Some(Duration::from_millis(at.saturating_sub(unix_millis()))),
+        }
+    }
+
+    /// Returns true once a deadline is set and has passed.
+    pub fn passed(&self) -> bool {
+        self.remaining().is_some_and(|d| d.is_zero())
+    }
+
+    fn instant(&self) -> Option<Instant> {
+        self.remaining().map(|d| Instant::now() + d)
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A batch pushed by an agent on its way into the WAL, with its WAL entry already encoded
@@ -256,8 +302,9 @@ fn unix_now() -> u64 {
 
 impl Pipeline {
     /// Recovers the state directory (re-queues unconfirmed files, replays the WAL) and starts
-    /// the pipeline thread. Uploads run on `runtime` until `cancel` fires; a permanent sink
-    /// error marks `health` unhealthy until an upload succeeds again.
+    /// the pipeline thread, closing windows by the clock (serve, the agent). Uploads run on
+    /// `runtime` until `cancel` fires; a permanent sink error marks `health` unhealthy until
+    /// an upload succeeds again.
     pub fn start(
         settings: &Settings,
         sink: Arc<dyn ObjectSink>,
@@ -266,6 +313,38 @@ impl Pipeline {
         runtime: tokio::runtime::Handle,
         cancel: CancellationToken,
     ) -> Result<Pipeline, PipelineError> {
+        Pipeline::start_with(settings, sink, metrics, health, runtime, cancel, true)
+    }
+
+    /// Like [`Pipeline::start`] for historical input (`import`): windows are not closed by
+    /// the clock; a stream is sealed when the input is done ([`Pipeline::seal_all`]), at
+    /// the size cap, or when memory or the WAL run over their limits.
+    pub fn start_import(
+        settings: &Settings,
+        sink: Arc<dyn ObjectSink>,
+        metrics: Arc<Metrics>,
+        health: Health,
+        runtime: tokio::runtime::Handle,
+        cancel: CancellationToken,
+    ) -> Result<Pipeline, PipelineError> {
+        Pipeline::start_with(settings, sink, metrics, health, runtime, cancel, false)
+    }
+
+    fn start_with(
+        settings: &Settings,
+        sink: Arc<dyn ObjectSink>,
+        metrics: Arc<Metrics>,
+        health: Health,
+        runtime: tokio::runtime::Handle,
+        cancel: CancellationToken,
+        close_by_clock: bool,
+    ) -> Result<Pipeline, PipelineError> {
+        if settings.output.max_open_files_set {
+            tracing::warn!(
+                "output.max_open_files has no effect any more: files are written per stream, \
+                 and output.memory_budget bounds memory; remove the key"
+            );
+        }
         let state_dir = settings.state.dir.clone();
         let manifest = Manifest::open(&state_dir, settings.state.writer_id.as_deref())?;
         let writer_id = manifest.writer_id().to_owned();
@@ -283,7 +362,9 @@ impl Pipeline {
             grace_secs: settings.output.grace.as_secs(),
             gzip_level: settings.output.gzip_level,
             parquet: settings.output.parquet.clone(),
-            max_open_files: settings.output.max_open_files,
+            workers: settings.output.workers,
+            memory_budget: settings.output.memory_budget,
+            close_by_clock,
             writer_id: writer_id.clone(),
             state_dir: state_dir.clone(),
         })?;
@@ -312,6 +393,7 @@ impl Pipeline {
             .collect();
         let dedupe = Dedupe::from_stored(manifest.agents().cloned());
         let (deliveries_tx, deliveries_rx) = mpsc::channel();
+        let deadline = ShutdownDeadline::default();
         let mut core = Core {
             wal,
             stager,
@@ -332,6 +414,9 @@ impl Pipeline {
             dedupe,
             deliveries: deliveries_rx,
             replay_floor: 0,
+            deadline: deadline.clone(),
+            max_wal_bytes: settings.state.max_wal_bytes,
+            close_by_clock,
         };
         runtime.spawn(upload_loop(
             upload_rx, sink, done_tx, metrics, health, cancel,
@@ -339,7 +424,7 @@ impl Pipeline {
 
         let unconfirmed: Vec<SealedEntry> = core.manifest.pending().cloned().collect();
         for entry in unconfirmed {
-            core.requeue(entry);
+            core.requeue(entry, true);
         }
         let replayed_marks = core.replay()?;
         for mark in replayed_marks {
@@ -366,7 +451,13 @@ impl Pipeline {
             thread: Some(thread),
             imports,
             writer_id,
+            deadline,
         })
+    }
+
+    /// Returns the shutdown deadline shared with the pipeline thread.
+    pub fn shutdown_deadline(&self) -> ShutdownDeadline {
+        self.deadline.clone()
     }
 
     /// Returns the writer id of this state directory.
@@ -425,11 +516,32 @@ impl Pipeline {
         rx.recv().map_err(|_| PipelineError::Stopped)
     }
 
-    /// Seals every open file (shutdown, end of an import) and queues them for upload.
+    /// Seals every live stream (shutdown, end of an import), waits for the encoders and
+    /// queues the files for upload.
     pub fn seal_all(&self) -> Result<(), PipelineError> {
         let (reply, rx) = mpsc::sync_channel(1);
-        self.send(Msg::SealAll { reply })?;
-        rx.recv().map_err(|_| PipelineError::Stopped)
+        self.send(Msg::SealAll {
+            deadline: None,
+            reply,
+        })?;
+        rx.recv().map(|_| ()).map_err(|_| PipelineError::Stopped)
+    }
+
+    /// Ends a run within `grace` (from now, or from an earlier [`ShutdownDeadline::set`]):
+    /// seals what can be sealed and waits for the uploads until the deadline. What is not
+    /// sealed by then stays in the WAL, what is not uploaded stays staged; both go out at
+    /// the next start. Returns true when everything was published.
+    pub fn finish(&self, grace: Duration) -> Result<bool, PipelineError> {
+        self.deadline.set(grace);
+        let deadline = self.deadline.instant().unwrap_or_else(Instant::now);
+        let (reply, rx) = mpsc::sync_channel(1);
+        self.send(Msg::SealAll {
+            deadline: Some(deadline),
+            reply,
+        })?;
+        let sealed = rx.recv().map_err(|_| PipelineError::Stopped)?;
+        let published = self.wait_published(deadline.saturating_duration_since(Instant::now()))?;
+        Ok(sealed && published)
     }
 
     /// Waits until every sealed file is confirmed by the sink, or `timeout` passes.
@@ -529,6 +641,9 @@ struct Core {
     deliveries: Receiver<Delivery>,
     /// While the WAL is replayed, the LSN being replayed: nothing from it on is reclaimed.
     replay_floor: u64,
+    deadline: ShutdownDeadline,
+    max_wal_bytes: u64,
+    close_by_clock: bool,
 }
 
 fn core_metrics_agents(metrics: &Metrics, agents: usize) {
@@ -543,45 +658,45 @@ impl Core {
         let mut last_tick = Instant::now();
         loop {
             self.drain_done()?;
+            self.collect_sealed()?;
             let msg = rx.recv_timeout(tick.saturating_sub(last_tick.elapsed()));
             if last_tick.elapsed() >= tick {
                 last_tick = Instant::now();
                 let now = unix_now();
-                let mut sealed = std::mem::take(&mut self.sealed_scratch);
-                self.stager.close_due(now, &mut sealed)?;
-                self.publish(&mut sealed)?;
-                self.sealed_scratch = sealed;
+                self.stager.close_due(now)?;
+                self.limit_wal()?;
+                self.collect_sealed()?;
                 self.update_gauges(now);
             }
             match msg {
                 Ok(Msg::Batch { batch, ack }) => {
-                    let lsn = self.append(&batch)?;
-                    if let Some(ack) = ack {
-                        let _ = ack.send(lsn);
-                    }
-                    let mut records = batch.records;
-                    records.clear();
-                    let _ = self.recycle_tx.try_send(records);
+                    self.append(batch, ack)?;
                 }
-                Ok(Msg::SealAll { reply }) => {
-                    let mut sealed = Vec::new();
+                Ok(Msg::SealAll { deadline, reply }) => {
                     self.commit_deliveries()?;
-                    self.stager.seal_all(&mut sealed)?;
-                    self.publish(&mut sealed)?;
+                    let all = self.seal_all(deadline)?;
                     self.persist_imports()?;
                     self.persist_agents()?;
-                    let _ = reply.send(());
+                    let _ = reply.send(all);
                 }
                 Ok(Msg::Wake) => {}
                 Ok(Msg::Stop) => break,
                 Ok(Msg::WaitPublished { deadline, reply }) => {
-                    while !self.pending.is_empty() && Instant::now() < deadline {
-                        match self
-                            .done_rx
-                            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                        {
+                    loop {
+                        // A shutdown deadline set meanwhile (a signal) ends the wait too.
+                        let until = self
+                            .deadline
+                            .instant()
+                            .map_or(deadline, |d| d.min(deadline));
+                        let now = Instant::now();
+                        if self.pending.is_empty() || now >= until {
+                            break;
+                        }
+                        let step = (until - now).min(Duration::from_secs(1));
+                        match self.done_rx.recv_timeout(step) {
                             Ok(done) => self.handle_done(done)?,
-                            Err(_) => break,
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => break,
                         }
                     }
                     let _ = reply.send(self.pending.is_empty());
@@ -638,39 +753,42 @@ impl Core {
             let n = batch.records.len() as u64;
             self.stats.records_in += n;
             self.metrics.records_in.inc_by(n);
-            self.stage(lsn, &batch, false)?;
-            let mut records = batch.records;
-            records.clear();
-            let _ = self.recycle_tx.try_send(records);
+            self.stage(lsn, batch, false)?;
         }
         Ok(())
     }
 
-    /// Appends a live batch to the WAL and stages its records.
-    fn append(&mut self, batch: &WalBatch) -> Result<u64, PipelineError> {
+    /// Appends a live batch to the WAL, answers `ack` with its LSN and stages its records.
+    fn append(
+        &mut self,
+        mut batch: WalBatch,
+        ack: Option<SyncSender<u64>>,
+    ) -> Result<(), PipelineError> {
         let mut buf = std::mem::take(&mut self.encode_buf);
         buf.clear();
-        let buf = postcard::to_extend(batch, buf).map_err(PipelineError::Encode)?;
+        let buf = postcard::to_extend(&batch, buf).map_err(PipelineError::Encode)?;
         let lsn = self.wal.append(&buf);
         self.encode_buf = buf;
         let lsn = lsn?;
+        if let Some(ack) = ack {
+            let _ = ack.send(lsn);
+        }
         let n = batch.records.len() as u64;
         self.stats.records_in += n;
         self.metrics.records_in.inc_by(n);
-        self.stage(lsn, batch, false)?;
-        if let Some(mark) = &batch.import {
-            self.dirty_imports.insert(mark.input.clone(), mark.clone());
+        if let Some(mark) = batch.import.take() {
+            self.dirty_imports.insert(mark.input.clone(), mark);
         }
-        Ok(lsn)
+        self.stage(lsn, batch, false)
     }
 
-    /// Stages the records of one batch; on replay, records already sealed are skipped.
-    fn stage(&mut self, lsn: u64, batch: &WalBatch, replay: bool) -> Result<(), PipelineError> {
+    /// Stages the records of one batch (and recycles its buffer); on replay, records
+    /// already sealed are skipped.
+    fn stage(&mut self, lsn: u64, mut batch: WalBatch, replay: bool) -> Result<(), PipelineError> {
         let now = unix_now();
         let account: Text = batch.account_id.as_str().into();
         let region: Text = batch.region.as_str().into();
         let flow_log_id: Text = batch.flow_log_id.as_str().into();
-        let mut sealed = std::mem::take(&mut self.sealed_scratch);
         let mut late = 0u64;
         // Records of a batch mostly share their stream (and their account and region
         // texts): the key of the previous record is reused when it matches.
@@ -681,8 +799,8 @@ impl Core {
             window_end: 0,
         };
         let mut last: Option<(*const u8, *const u8)> = None;
-        for (i, record) in batch.records.iter().enumerate() {
-            let end = window_end(record_time(record, now), self.window_secs);
+        for (i, record) in batch.records.drain(..).enumerate() {
+            let end = window_end(record_time(&record, now), self.window_secs);
             let texts = (
                 record
                     .account_id
@@ -694,8 +812,8 @@ impl Core {
                     .map_or(std::ptr::null(), |t| t.as_ptr()),
             );
             if last != Some(texts) {
-                let a = record_account(record, &account);
-                let r = record_region(record, &region);
+                let a = record_account(&record, &account);
+                let r = record_region(&record, &region);
                 if !Arc::ptr_eq(a, &stream.account_id) && **a != *stream.account_id {
                     stream.account_id = Text::clone(a);
                 }
@@ -714,16 +832,72 @@ impl Core {
             {
                 continue;
             }
-            if !replay && stream.window_end + self.grace_secs <= now {
+            if !replay && self.close_by_clock && stream.window_end + self.grace_secs <= now {
                 late += 1;
             }
-            self.stager.insert(&stream, record, pos, now, &mut sealed)?;
-            if !sealed.is_empty() {
-                self.publish(&mut sealed)?;
-            }
+            self.stager.insert(&stream, record, pos, now)?;
         }
-        self.sealed_scratch = sealed;
         self.metrics.late_records.inc_by(late);
+        let mut records = batch.records;
+        records.clear();
+        let _ = self.recycle_tx.try_send(records);
+        self.collect_sealed()
+    }
+
+    /// Publishes the files the encoders have sealed so far.
+    fn collect_sealed(&mut self) -> Result<(), PipelineError> {
+        let mut sealed = std::mem::take(&mut self.sealed_scratch);
+        self.stager.collect(&mut sealed)?;
+        let published = self.publish(&mut sealed);
+        self.sealed_scratch = sealed;
+        published
+    }
+
+    /// Seals every live stream (until `deadline`) and waits for the encoders to finish
+    /// them. Returns whether everything was sealed.
+    fn seal_all(&mut self, deadline: Option<Instant>) -> Result<bool, PipelineError> {
+        // A shutdown deadline set meanwhile (a signal) bounds the wait too.
+        let shared = self.deadline.clone();
+        let limit = move || {
+            let far = Instant::now() + Duration::from_secs(3600);
+            let given = deadline.unwrap_or(far);
+            shared.instant().map_or(given, |d| d.min(given))
+        };
+        let mut all = self.stager.seal_all(Some(limit()))?;
+        let mut sealed = std::mem::take(&mut self.sealed_scratch);
+        while !self.stager.is_idle() {
+            let at = limit();
+            if Instant::now() >= at {
+                all = false;
+                break;
+            }
+            self.stager
+                .collect_until(at.min(Instant::now() + Duration::from_secs(1)), &mut sealed)?;
+            self.publish(&mut sealed)?;
+        }
+        self.stager.collect(&mut sealed)?;
+        self.publish(&mut sealed)?;
+        self.sealed_scratch = sealed;
+        Ok(all)
+    }
+
+    /// Seals the streams holding the WAL's oldest quarter while it is over
+    /// `max_wal_bytes`, so that it can be reclaimed once their files are published.
+    fn limit_wal(&mut self) -> Result<(), PipelineError> {
+        if self.wal.disk_bytes() <= self.max_wal_bytes {
+            return Ok(());
+        }
+        let first = self.wal.first_lsn();
+        let below = first + (self.wal.next_lsn().saturating_sub(first) / 4).max(1);
+        let n = self.stager.seal_below(position(below, 0))?;
+        if n > 0 {
+            tracing::info!(
+                streams = n,
+                wal_bytes = self.wal.disk_bytes(),
+                max_wal_bytes = self.max_wal_bytes,
+                "the WAL is over state.max_wal_bytes: sealing the streams holding its oldest records"
+            );
+        }
         Ok(())
     }
 
@@ -742,17 +916,18 @@ impl Core {
                 self.dedupe.replay(mark, lsn);
             }
             self.stats.records_replayed += batch.records.len() as u64;
-            self.stage(lsn, &batch, true)?;
-            if let Some(mark) = batch.import {
+            let mut batch = batch;
+            if let Some(mark) = batch.import.take() {
                 marks.insert(mark.input.clone(), mark.clone());
                 self.dirty_imports.insert(mark.input.clone(), mark);
             }
+            self.stage(lsn, batch, true)?;
         }
         self.replay_floor = u64::MAX;
         if self.stats.records_replayed > 0 {
             tracing::info!(
                 records = self.stats.records_replayed,
-                open_files = self.stager.open_files(),
+                streams = self.stager.open_streams(),
                 "replayed the WAL"
             );
         }
@@ -763,8 +938,19 @@ impl Core {
     /// many uploads are pending (backpressure).
     fn publish(&mut self, sealed: &mut Vec<SealedFile>) -> Result<(), PipelineError> {
         for file in sealed.drain(..) {
+            let mut upload = true;
             while self.pending.len() >= self.max_pending {
-                match self.done_rx.recv_timeout(Duration::from_secs(1)) {
+                // Past a shutdown deadline nothing waits: the file stays staged and goes
+                // out at the next start.
+                if self.deadline.passed() {
+                    upload = false;
+                    break;
+                }
+                let wait = self
+                    .deadline
+                    .remaining()
+                    .map_or(Duration::from_secs(1), |d| d.min(Duration::from_secs(1)));
+                match self.done_rx.recv_timeout(wait) {
                     Ok(done) => self.handle_done(done)?,
                     Err(_) => self.update_gauges(unix_now()),
                 }
@@ -787,12 +973,13 @@ impl Core {
                 last: file.last,
             };
             let id = self.manifest.record_sealed(entry.clone())?;
-            self.requeue(SealedEntry { id, ..entry });
+            self.requeue(SealedEntry { id, ..entry }, upload);
         }
         Ok(())
     }
 
-    fn requeue(&mut self, entry: SealedEntry) {
+    /// Counts a sealed file as pending and, when `upload`, queues it for the uploader.
+    fn requeue(&mut self, entry: SealedEntry, upload: bool) {
         self.pending.insert(
             entry.id,
             Pending {
@@ -801,6 +988,9 @@ impl Core {
                 bytes: entry.bytes,
             },
         );
+        if !upload {
+            return;
+        }
         let job = UploadJob {
             id: entry.id,
             key: entry.key,
@@ -886,7 +1076,7 @@ impl Core {
         self.metrics.set_pipeline_gauges(
             staged,
             self.pending.len() as u64,
-            self.stager.open_files() as u64,
+            self.stager.open_streams() as u64,
             self.wal.disk_bytes(),
             oldest.map_or(0, |w| now.saturating_sub(w)),
         );

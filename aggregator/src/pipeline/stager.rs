@@ -1,29 +1,56 @@
-//! The window stage: one open file per stream, encoded as records arrive, sealed when its
-//! window closes, when the next record would push it over the size cap, or when too many
-//! files are open.
+//! The window stage: records gathered per stream (account, region, flow log, window) and
+//! handed to the encoder workers, so that a stream becomes one file whatever the order of
+//! the input and however many streams are live at once.
+//!
+//! A stream's records wait in memory until
+//! - its window closes (serve and the agent: end + grace by the clock; a stream opened
+//!   after its window closed, by late records, closes `grace` after it opened), or its
+//!   input ends (`import` never closes by the clock), or shutdown: the records go to the
+//!   stream's encoder and its file is sealed;
+//! - it holds [`CHUNK_RECORDS`]: they go to its encoder, which keeps the file open and
+//!   seals it only at the size cap (the stream goes on in the next file);
+//! - memory runs over `memory_budget`: the streams holding the most records in memory are
+//!   handed to their encoders (their files stay open); if open encoders themselves are
+//!   what fills the budget, the largest stream's file is sealed (an extra file, never one
+//!   record per file while streams with more exist);
+//! - the WAL grows over its limit: the streams holding its oldest records are sealed so
+//!   that it can be reclaimed.
 //!
 //! Files are written under `staging/open/` and, once sealed (finished, fsync'd), renamed to
-//! `staging/sealed/<file name>`. Keys are deterministic: the hash in a file's name comes
-//! from (writer id, window, position of the file's first record), so a file rebuilt from
-//! the WAL after a crash gets the same key.
+//! `staging/sealed/<file name>` by the encoders (see [`super::encoder`]). Keys are
+//! deterministic: the hash in a file's name comes from (writer id, window, position of the
+//! file's first record), so a file rebuilt from the WAL after a crash gets the same key.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::BufWriter;
+use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-use flowlog_formats::key::{FileKind, KeyLayout, KeyParts, KeyPrefix, hash8, object_key};
-use flowlog_formats::parquet::{ParquetError, ParquetOptions, ParquetWriter};
-use flowlog_formats::text::{GzipTextWriter, line_len_upper_bound};
+use flowlog_formats::key::{KeyLayout, KeyPrefix};
+use flowlog_formats::parquet::{ParquetError, ParquetOptions};
 use flowlog_formats::{FlowRecord, LogFormat};
 
+use super::encoder::{Done, EncodeSettings, Encoders, Job, PARQUET_FILE_BUFFER, SPILL_BYTES};
 use super::window::StreamKey;
 use crate::convert::OutputFormat;
 
-/// Bytes of Parquet rows buffered in memory across all open files before row groups are
-/// written out early.
-pub const PARQUET_MEMORY_BUDGET: u64 = 256 << 20;
+/// Records a stream gathers before they are handed to its encoder.
+pub const CHUNK_RECORDS: usize = 4096;
+
+/// Memory one record waiting in a stream is counted for (the record, its position, and
+/// an allowance for its texts).
+pub const RECORD_BYTES: u64 = (std::mem::size_of::<FlowRecord>() + 8 + 64) as u64;
+
+/// Memory an open text encoder is counted for (deflate state and buffers).
+const TEXT_ENCODER_BYTES: u64 = 512 * 1024 + SPILL_BYTES as u64;
+
+/// Memory an open Parquet encoder is counted for (buffered rows and buffers).
+const PARQUET_ENCODER_BYTES: u64 = PARQUET_FILE_BUFFER + 512 * 1024 + SPILL_BYTES as u64;
+
+/// A stream holding less than this in memory is not worth an encoder of its own when
+/// memory runs short: the largest stream's file is sealed instead.
+const MIN_HANDOFF_BYTES: u64 = 64 * RECORD_BYTES;
 
 /// What the stage needs to know.
 #[derive(Debug, Clone)]
@@ -46,8 +73,13 @@ pub struct StagerSettings {
     pub gzip_level: u32,
     /// Parquet options.
     pub parquet: ParquetOptions,
-    /// Files open at once at most.
-    pub max_open_files: usize,
+    /// Encoder threads.
+    pub workers: usize,
+    /// Memory for records waiting in streams and for open encoders.
+    pub memory_budget: u64,
+    /// Close windows by the clock (serve, agent) rather than by the end of the input
+    /// (import).
+    pub close_by_clock: bool,
     /// Writer id (goes into every hash).
     pub writer_id: String,
     /// The state directory (`staging/` lives below it).
@@ -57,12 +89,14 @@ pub struct StagerSettings {
 /// Why a file was sealed (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SealReason {
-    /// Its window closed (end + grace passed), or a late file went idle.
+    /// Its window closed (end + grace passed), or a late file's grace passed.
     WindowClosed,
     /// The next record would have exceeded the size cap.
     SizeCap,
-    /// Too many files were open.
-    OpenFileLimit,
+    /// Memory for waiting records and open files ran over `memory_budget`.
+    MemoryBudget,
+    /// The WAL ran over `max_wal_bytes`.
+    WalLimit,
     /// Shutdown or the end of an import.
     Flush,
 }
@@ -73,7 +107,8 @@ impl SealReason {
         match self {
             SealReason::WindowClosed => "window_closed",
             SealReason::SizeCap => "size_cap",
-            SealReason::OpenFileLimit => "open_file_limit",
+            SealReason::MemoryBudget => "memory_budget",
+            SealReason::WalLimit => "wal_limit",
             SealReason::Flush => "shutdown",
         }
     }
@@ -126,43 +161,49 @@ pub enum StageError {
     Key(#[from] flowlog_formats::key::KeyError),
 }
 
-enum Encoder {
-    Text(Box<GzipTextWriter<BufWriter<File>>>),
-    Parquet(Box<ParquetWriter<BufWriter<File>>>),
+/// One live stream: records waiting in memory and, once it has one, an open file at its
+/// encoder.
+#[derive(Debug)]
+struct Stream {
+    /// Incarnation id: the encoder's name for this stream's open file(s).
+    sid: u64,
+    worker: usize,
+    /// Position of the stream's first record not yet in a sealed file.
+    first: u64,
+    records: Vec<FlowRecord>,
+    positions: Vec<u64>,
+    /// Records handed to the encoder.
+    sent: u64,
+    /// Opened after its window closed (late records).
+    late: bool,
+    /// Wall clock when it opened.
+    opened_at: u64,
 }
 
-impl std::fmt::Debug for Encoder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Encoder::Text(_) => "Encoder::Text",
-            Encoder::Parquet(_) => "Encoder::Parquet",
-        })
+impl Stream {
+    fn waiting_bytes(&self) -> u64 {
+        self.records.len() as u64 * RECORD_BYTES
     }
 }
 
-#[derive(Debug)]
-struct OpenFile {
-    encoder: Encoder,
-    tmp: PathBuf,
-    first: u64,
-    last: u64,
-    records: u64,
-    last_write: u64,
-    late: bool,
-    touched: u64,
-    flushed: bool,
-}
-
-/// The window stage. Not thread-safe: one pipeline thread owns it.
+/// The window stage. Not thread-safe: one pipeline thread owns it; encoding runs on the
+/// encoder workers.
 #[derive(Debug)]
 pub struct Stager {
     settings: StagerSettings,
     /// Hashed with foldhash: one lookup per record, SipHash's cost showed in profiles.
-    open: HashMap<StreamKey, OpenFile, foldhash::fast::RandomState>,
-    open_dir: PathBuf,
+    streams: HashMap<StreamKey, Stream, foldhash::fast::RandomState>,
+    encoders: Encoders,
+    done: Receiver<Done>,
+    next_sid: u64,
+    /// Incarnations told to seal whose files are not all reported yet: (first, window end).
+    sealing: HashMap<u64, (u64, u64)>,
+    /// Records waiting in streams.
+    waiting: u64,
+    /// Streams with an open file at their encoder.
+    encoding: usize,
+    encoder_bytes: u64,
     sealed_dir: PathBuf,
-    clock: u64,
-    kind: FileKind,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
@@ -172,15 +213,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StageError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
-}
-
 impl Stager {
-    /// Creates the stage; files left in `staging/open/` by an earlier run are deleted (their
-    /// records are still in the WAL and will be replayed).
+    /// Creates the stage and starts its encoders; files left in `staging/open/` by an
+    /// earlier run are deleted (their records are still in the WAL and will be replayed).
     pub fn new(settings: StagerSettings) -> Result<Stager, StageError> {
         let open_dir = settings.state_dir.join("staging/open");
         let sealed_dir = settings.state_dir.join("staging/sealed");
@@ -189,17 +224,38 @@ impl Stager {
         }
         fs::create_dir_all(&open_dir).map_err(io_err(&open_dir))?;
         fs::create_dir_all(&sealed_dir).map_err(io_err(&sealed_dir))?;
-        let kind = match settings.format {
-            OutputFormat::Text => FileKind::Text,
-            OutputFormat::Parquet => FileKind::Parquet,
+        let (done_tx, done) = mpsc::channel();
+        let encoders = Encoders::start(
+            EncodeSettings {
+                format: settings.format,
+                log_format: settings.log_format.clone(),
+                layout: settings.layout,
+                prefix: settings.prefix.clone(),
+                max_file_bytes: settings.max_file_bytes,
+                gzip_level: settings.gzip_level,
+                parquet: settings.parquet.clone(),
+                writer_id: settings.writer_id.clone(),
+                open_dir,
+                sealed_dir: sealed_dir.clone(),
+            },
+            settings.workers,
+            done_tx,
+        )?;
+        let encoder_bytes = match settings.format {
+            OutputFormat::Text => TEXT_ENCODER_BYTES,
+            OutputFormat::Parquet => PARQUET_ENCODER_BYTES,
         };
         Ok(Stager {
             settings,
-            open: HashMap::default(),
-            open_dir,
+            streams: HashMap::default(),
+            encoders,
+            done,
+            next_sid: 0,
+            sealing: HashMap::new(),
+            waiting: 0,
+            encoding: 0,
+            encoder_bytes,
             sealed_dir,
-            clock: 0,
-            kind,
         })
     }
 
@@ -208,102 +264,165 @@ impl Stager {
         &self.sealed_dir
     }
 
-    /// Returns the number of files being written.
-    pub fn open_files(&self) -> usize {
-        self.open.len()
+    /// Returns the number of live streams (records waiting or a file open).
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
     }
 
-    /// Returns the lowest position held by an open file (its records must stay in the WAL).
+    /// Returns the memory counted against `memory_budget`.
+    pub fn memory_used(&self) -> u64 {
+        self.waiting * RECORD_BYTES + self.encoding as u64 * self.encoder_bytes
+    }
+
+    /// Returns the lowest position not yet in a sealed file (its record must stay in the
+    /// WAL).
     pub fn min_open_position(&self) -> Option<u64> {
-        self.open.values().map(|f| f.first).min()
+        self.streams
+            .values()
+            .map(|s| s.first)
+            .chain(self.sealing.values().map(|(first, _)| *first))
+            .min()
     }
 
-    /// Returns the oldest window end among open files.
+    /// Returns the oldest window end with records not yet in a sealed file.
     pub fn oldest_open_window(&self) -> Option<u64> {
-        self.open.keys().map(|k| k.window_end).min()
+        self.streams
+            .keys()
+            .map(|k| k.window_end)
+            .chain(self.sealing.values().map(|(_, end)| *end))
+            .min()
     }
 
-    /// Adds a record at `position` to its stream's file, sealing files as needed (into
-    /// `sealed`). `now` is the wall clock (Unix seconds).
+    /// Returns true when no seal is in progress at the encoders.
+    pub fn is_idle(&self) -> bool {
+        self.sealing.is_empty()
+    }
+
+    /// Adds a record at `position` to its stream. `now` is the wall clock (Unix seconds).
     pub fn insert(
         &mut self,
         stream: &StreamKey,
-        record: &FlowRecord,
+        record: FlowRecord,
         position: u64,
         now: u64,
-        sealed: &mut Vec<SealedFile>,
     ) -> Result<(), StageError> {
-        self.clock += 1;
-        let bound = line_len_upper_bound(&self.settings.log_format, record) as u64 * 2 + 64;
-        let budget = (PARQUET_MEMORY_BUDGET / self.settings.max_open_files as u64).max(1 << 20);
-        let clock = self.clock;
-        // The common case, one lookup: the stream's file is open and the record fits.
-        if let Some(file) = self.open.get_mut(stream) {
-            if file.records == 0 || fits(file, bound, self.settings.max_file_bytes)? {
-                return write_record(file, record, position, now, clock, budget);
+        let s = match self.streams.get_mut(stream) {
+            Some(s) => s,
+            None => {
+                let sid = self.next_sid;
+                self.next_sid += 1;
+                let late = self.settings.close_by_clock
+                    && stream.window_end + self.settings.grace_secs <= now;
+                self.streams.entry(stream.clone()).or_insert(Stream {
+                    sid,
+                    worker: (sid % self.encoders.workers() as u64) as usize,
+                    first: position,
+                    records: Vec::new(),
+                    positions: Vec::new(),
+                    sent: 0,
+                    late,
+                    opened_at: now,
+                })
             }
-            self.seal(stream, SealReason::SizeCap, sealed)?;
+        };
+        s.records.push(record);
+        s.positions.push(position);
+        self.waiting += 1;
+        if s.records.len() >= CHUNK_RECORDS {
+            self.hand_off(stream, None)?;
         }
-        if self.open.len() >= self.settings.max_open_files {
-            let victim = self
-                .open
-                .iter()
-                .min_by_key(|(_, f)| f.touched)
-                .map(|(k, _)| k.clone());
-            if let Some(victim) = victim {
-                self.seal(&victim, SealReason::OpenFileLimit, sealed)?;
-            }
+        if self.memory_used() > self.settings.memory_budget {
+            self.relieve()?;
         }
-        let closes_at = stream.window_end + self.settings.grace_secs;
-        let mut file = self.create(stream, position, now >= closes_at)?;
-        write_record(&mut file, record, position, now, clock, budget)?;
-        self.open.insert(stream.clone(), file);
         Ok(())
     }
 
-    fn create(&self, stream: &StreamKey, first: u64, late: bool) -> Result<OpenFile, StageError> {
-        let tmp = self
-            .open_dir
-            .join(format!("{}-{first}.part", stream.window_end));
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let out = BufWriter::with_capacity(64 * 1024, file);
-        let format = self.settings.log_format.clone();
-        let encoder = match self.settings.format {
-            OutputFormat::Text => Encoder::Text(Box::new(
-                GzipTextWriter::new(out, format, self.settings.gzip_level).map_err(io_err(&tmp))?,
-            )),
-            OutputFormat::Parquet => Encoder::Parquet(Box::new(
-                ParquetWriter::new(out, format, &self.settings.parquet).map_err(|source| {
-                    StageError::Parquet {
-                        path: tmp.display().to_string(),
-                        source,
-                    }
-                })?,
-            )),
+    /// Hands a stream's waiting records to its encoder, and seals its file if `seal` says
+    /// so (the stream is then no longer live).
+    fn hand_off(&mut self, key: &StreamKey, seal: Option<SealReason>) -> Result<(), StageError> {
+        let Some(s) = self.streams.get_mut(key) else {
+            return Ok(());
         };
-        Ok(OpenFile {
-            encoder,
-            tmp,
-            first,
-            last: first,
-            records: 0,
-            last_write: 0,
-            late,
-            touched: 0,
-            flushed: false,
-        })
+        let records = std::mem::take(&mut s.records);
+        let positions = std::mem::take(&mut s.positions);
+        self.waiting -= records.len() as u64;
+        let (sid, worker, first) = (s.sid, s.worker, s.first);
+        let had_file = s.sent > 0;
+        s.sent += records.len() as u64;
+        match seal {
+            None if !had_file && !records.is_empty() => self.encoding += 1,
+            None => {}
+            Some(_) => {
+                if had_file {
+                    self.encoding -= 1;
+                }
+                self.streams.remove(key);
+                self.sealing.insert(sid, (first, key.window_end));
+            }
+        }
+        if records.is_empty() && seal.is_none() {
+            return Ok(());
+        }
+        self.encoders.send(
+            worker,
+            Job {
+                sid,
+                stream: key.clone(),
+                records,
+                positions,
+                seal,
+            },
+        )
     }
 
-    /// Seals files whose window closed (`end + grace <= now`) and late files idle for the
-    /// grace period.
-    pub fn close_due(&mut self, now: u64, sealed: &mut Vec<SealedFile>) -> Result<(), StageError> {
+    /// Brings memory back under 7/8 of the budget: the streams with the most records
+    /// waiting go to their encoders; when open encoders are what fills the budget, the
+    /// largest stream's file is sealed.
+    fn relieve(&mut self) -> Result<(), StageError> {
+        let target = self.settings.memory_budget / 8 * 7;
+        let mut by_waiting: Vec<(u64, StreamKey)> = self
+            .streams
+            .iter()
+            .map(|(k, s)| (s.waiting_bytes(), k.clone()))
+            .collect();
+        by_waiting.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
+        for (bytes, key) in by_waiting {
+            if self.memory_used() <= target {
+                return Ok(());
+            }
+            let has_file = self.streams.get(&key).is_some_and(|s| s.sent > 0);
+            if has_file || bytes >= MIN_HANDOFF_BYTES.max(self.encoder_bytes) {
+                self.hand_off(&key, None)?;
+            } else {
+                break;
+            }
+        }
+        // What is left is open encoders and small streams: seal the largest streams.
+        while self.memory_used() > target {
+            let largest = self
+                .streams
+                .iter()
+                .max_by_key(|(_, s)| (s.sent + s.records.len() as u64, std::cmp::Reverse(s.sid)))
+                .map(|(k, _)| k.clone());
+            let Some(key) = largest else { break };
+            self.hand_off(&key, Some(SealReason::MemoryBudget))?;
+        }
+        Ok(())
+    }
+
+    /// Seals the streams whose window closed (`end + grace <= now`) and late streams open
+    /// for the grace period. Does nothing when windows close by input (import).
+    pub fn close_due(&mut self, now: u64) -> Result<(), StageError> {
+        if !self.settings.close_by_clock {
+            return Ok(());
+        }
         let grace = self.settings.grace_secs;
         let due: Vec<StreamKey> = self
-            .open
+            .streams
             .iter()
-            .filter(|(k, f)| {
-                if f.late {
-                    f.last_write + grace <= now
+            .filter(|(k, s)| {
+                if s.late {
+                    s.opened_at + grace <= now
                 } else {
                     k.window_end + grace <= now
                 }
@@ -311,150 +430,100 @@ impl Stager {
             .map(|(k, _)| k.clone())
             .collect();
         for k in due {
-            self.seal(&k, SealReason::WindowClosed, sealed)?;
+            self.hand_off(&k, Some(SealReason::WindowClosed))?;
         }
         Ok(())
     }
 
-    /// Seals every open file.
-    pub fn seal_all(&mut self, sealed: &mut Vec<SealedFile>) -> Result<(), StageError> {
-        let mut all: Vec<StreamKey> = self.open.keys().cloned().collect();
-        all.sort();
+    /// Seals the streams holding a record below `position` (the WAL is over its limit).
+    pub fn seal_below(&mut self, position: u64) -> Result<usize, StageError> {
+        let mut due: Vec<(u64, StreamKey)> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.first < position)
+            .map(|(k, s)| (s.first, k.clone()))
+            .collect();
+        due.sort_unstable();
+        for (_, k) in &due {
+            self.hand_off(k, Some(SealReason::WalLimit))?;
+        }
+        Ok(due.len())
+    }
+
+    /// Seals every stream, oldest window first, until `deadline` (then the rest stays
+    /// live, in the WAL). Returns whether every stream was handed over.
+    pub fn seal_all(&mut self, deadline: Option<Instant>) -> Result<bool, StageError> {
+        let mut all: Vec<StreamKey> = self.streams.keys().cloned().collect();
+        all.sort_unstable_by(|a, b| a.window_end.cmp(&b.window_end).then_with(|| a.cmp(b)));
         for k in all {
-            self.seal(&k, SealReason::Flush, sealed)?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
+            }
+            self.hand_off(&k, Some(SealReason::Flush))?;
+        }
+        Ok(true)
+    }
+
+    /// Moves every file the encoders sealed so far into `sealed`.
+    pub fn collect(&mut self, sealed: &mut Vec<SealedFile>) -> Result<(), StageError> {
+        while let Ok(done) = self.done.try_recv() {
+            self.take(done, sealed)?;
         }
         Ok(())
     }
 
-    fn seal(
+    /// Waits until `deadline` for the encoders to report, then collects like
+    /// [`Stager::collect`]. Returns false when the deadline passed with nothing reported.
+    pub fn collect_until(
         &mut self,
-        stream: &StreamKey,
-        reason: SealReason,
+        deadline: Instant,
         sealed: &mut Vec<SealedFile>,
-    ) -> Result<(), StageError> {
-        let Some(file) = self.open.remove(stream) else {
-            return Ok(());
-        };
-        let tmp = file.tmp;
-        let writer = match file.encoder {
-            Encoder::Text(w) => w.finish().map_err(io_err(&tmp))?,
-            Encoder::Parquet(w) => w.finish().map_err(|source| StageError::Parquet {
-                path: tmp.display().to_string(),
-                source,
-            })?,
-        };
-        let f = writer.into_inner().map_err(|e| StageError::Io {
-            path: tmp.display().to_string(),
-            source: e.into_error(),
-        })?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        let bytes = f.metadata().map_err(io_err(&tmp))?.len();
-        drop(f);
-        let seed = format!(
-            "{}/{}/{}",
-            self.settings.writer_id, stream.window_end, file.first
-        );
-        let hash = hash8(seed.as_bytes());
-        let timestamp = i64::try_from(stream.window_end)
-            .ok()
-            .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0))
-            .unwrap_or_default();
-        let parts = KeyParts {
-            account_id: &stream.account_id,
-            region: &stream.region,
-            flow_log_id: &stream.flow_log_id,
-            file_timestamp: timestamp,
-            hash8: &hash,
-            kind: self.kind,
-        };
-        let key = object_key(self.settings.layout, &self.settings.prefix, &parts)?;
-        let name = key.rsplit('/').next().unwrap_or(&key).to_owned();
-        let path = self.sealed_dir.join(name);
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
-        sync_dir(&self.sealed_dir)?;
-        sealed.push(SealedFile {
-            key,
-            path,
-            bytes,
-            records: file.records,
-            stream: stream.clone(),
-            first: file.first,
-            last: file.last,
-            reason,
-        });
-        Ok(())
-    }
-}
-
-/// Returns whether one more record of at most `bound` encoded bytes still fits under `cap`;
-/// flushes the encoder once to make its size exact before saying no.
-/// Appends one record to an open file.
-fn write_record(
-    file: &mut OpenFile,
-    record: &FlowRecord,
-    position: u64,
-    now: u64,
-    clock: u64,
-    parquet_budget: u64,
-) -> Result<(), StageError> {
-    match &mut file.encoder {
-        Encoder::Text(w) => w.write_record(record).map_err(io_err(&file.tmp))?,
-        Encoder::Parquet(w) => {
-            w.write_record(record)
-                .map_err(|source| StageError::Parquet {
-                    path: file.tmp.display().to_string(),
-                    source,
-                })?;
-            if w.buffered_bytes_estimate() > parquet_budget {
-                w.flush_row_group().map_err(|source| StageError::Parquet {
-                    path: file.tmp.display().to_string(),
-                    source,
-                })?;
+    ) -> Result<bool, StageError> {
+        match self
+            .done
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            Ok(done) => self.take(done, sealed)?,
+            Err(RecvTimeoutError::Timeout) => return Ok(false),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(StageError::Io {
+                    path: "encoder thread".into(),
+                    source: std::io::Error::other("the encoder threads have stopped"),
+                });
             }
         }
+        self.collect(sealed)?;
+        Ok(true)
     }
-    file.last = position;
-    file.records += 1;
-    file.last_write = now;
-    file.touched = clock;
-    file.flushed = false;
-    Ok(())
-}
 
-fn fits(file: &mut OpenFile, bound: u64, cap: u64) -> Result<bool, StageError> {
-    loop {
-        let size = match &file.encoder {
-            Encoder::Text(w) => w.final_size_bound(),
-            Encoder::Parquet(w) => w.bytes_written() + w.buffered_bytes_estimate(),
-        };
-        if size + bound <= cap {
-            return Ok(true);
+    fn take(&mut self, done: Done, sealed: &mut Vec<SealedFile>) -> Result<(), StageError> {
+        match done {
+            Done::Sealed(file) => {
+                if file.reason == SealReason::SizeCap
+                    && let Some(s) = self.streams.get_mut(&file.stream)
+                {
+                    // The stream goes on in a new file; its records up to here are sealed.
+                    if s.first <= file.last {
+                        s.first = file.last + 1;
+                    }
+                }
+                sealed.push(file);
+            }
+            Done::Closed(sid) => {
+                self.sealing.remove(&sid);
+            }
+            Done::Failed(e) => return Err(e),
         }
-        if file.flushed {
-            return Ok(false);
-        }
-        match &mut file.encoder {
-            Encoder::Text(w) => w.sync_flush().map_err(io_err(&file.tmp))?,
-            Encoder::Parquet(w) => w.flush_row_group().map_err(|source| StageError::Parquet {
-                path: file.tmp.display().to_string(),
-                source,
-            })?,
-        }
-        file.flushed = true;
+        Ok(())
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use flowlog_formats::input::RecordSource;
+    use std::time::Duration;
 
-    fn settings(
-        dir: &Path,
-        format: OutputFormat,
-        cap: u64,
-        max_open_files: usize,
-    ) -> StagerSettings {
+    fn settings(dir: &Path, format: OutputFormat, cap: u64, by_clock: bool) -> StagerSettings {
         StagerSettings {
             format,
             log_format: LogFormat::aws_default(),
@@ -465,7 +534,9 @@ mod tests {
             grace_secs: 60,
             gzip_level: 6,
             parquet: ParquetOptions::default(),
-            max_open_files,
+            workers: 2,
+            memory_budget: 1 << 30,
+            close_by_clock: by_clock,
             writer_id: "w".into(),
             state_dir: dir.to_path_buf(),
         }
@@ -492,41 +563,78 @@ mod tests {
         r
     }
 
+    /// Waits for every seal in progress and returns all files sealed so far.
+    fn settle(st: &mut Stager, sealed: &mut Vec<SealedFile>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !st.is_idle() {
+            assert!(
+                st.collect_until(deadline, sealed).unwrap(),
+                "encoders stuck"
+            );
+        }
+        st.collect(sealed).unwrap();
+    }
+
+    fn records_in(files: &[SealedFile]) -> usize {
+        files
+            .iter()
+            .map(|f| RecordSource::open_path(&f.path, None).unwrap().count())
+            .sum()
+    }
+
     #[test]
-    fn window_closes_at_end_plus_grace_and_late_files_close_when_idle() {
+    fn window_closes_at_end_plus_grace_and_late_streams_close_grace_after_they_open() {
         let dir = tempfile::tempdir().unwrap();
-        let mut st = Stager::new(settings(dir.path(), OutputFormat::Text, 75_000_000, 8)).unwrap();
+        let mut st =
+            Stager::new(settings(dir.path(), OutputFormat::Text, 75_000_000, true)).unwrap();
         let mut sealed = Vec::new();
-        st.insert(&stream(1200), &record(1), 1, 1100, &mut sealed)
-            .unwrap();
-        st.close_due(1259, &mut sealed).unwrap();
+        st.insert(&stream(1200), record(1), 1, 1100).unwrap();
+        st.close_due(1259).unwrap();
+        settle(&mut st, &mut sealed);
         assert!(sealed.is_empty(), "still within grace");
-        st.close_due(1260, &mut sealed).unwrap();
+        st.close_due(1260).unwrap();
+        settle(&mut st, &mut sealed);
         assert_eq!(sealed.len(), 1);
         assert_eq!(sealed[0].reason, SealReason::WindowClosed);
-        // A late record for the closed window opens an extra file with another key.
-        st.insert(&stream(1200), &record(2), 2, 1300, &mut sealed)
-            .unwrap();
-        st.insert(&stream(1200), &record(3), 3, 1330, &mut sealed)
-            .unwrap();
-        st.close_due(1389, &mut sealed).unwrap();
-        assert_eq!(
-            sealed.len(),
-            1,
-            "late file stays open while records keep arriving"
-        );
-        st.close_due(1390, &mut sealed).unwrap();
+        // Late records for the closed window go into one extra file with another key,
+        // sealed `grace` after the first of them arrived, however they keep coming.
+        st.insert(&stream(1200), record(2), 2, 1300).unwrap();
+        st.insert(&stream(1200), record(3), 3, 1330).unwrap();
+        st.close_due(1359).unwrap();
+        st.insert(&stream(1200), record(4), 4, 1359).unwrap();
+        settle(&mut st, &mut sealed);
+        assert_eq!(sealed.len(), 1, "the late stream is open for its grace");
+        st.close_due(1360).unwrap();
+        settle(&mut st, &mut sealed);
         assert_eq!(sealed.len(), 2);
         assert_ne!(sealed[0].key, sealed[1].key);
         assert_eq!(
             (sealed[1].first, sealed[1].last, sealed[1].records),
-            (2, 3, 2)
+            (2, 4, 3)
         );
         assert!(
             sealed[0].key.contains("_19700101T0020Z_"),
             "{}",
             sealed[0].key
         );
+        assert_eq!(st.min_open_position(), None);
+    }
+
+    #[test]
+    fn import_streams_do_not_close_by_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st =
+            Stager::new(settings(dir.path(), OutputFormat::Text, 75_000_000, false)).unwrap();
+        let mut sealed = Vec::new();
+        st.insert(&stream(300), record(1), 1, 1_000_000).unwrap();
+        st.close_due(2_000_000).unwrap();
+        settle(&mut st, &mut sealed);
+        assert!(sealed.is_empty());
+        assert_eq!(st.min_open_position(), Some(1));
+        assert!(st.seal_all(None).unwrap());
+        settle(&mut st, &mut sealed);
+        assert_eq!(sealed.len(), 1);
+        assert_eq!(sealed[0].reason, SealReason::Flush);
     }
 
     #[test]
@@ -536,46 +644,125 @@ mod tests {
             (OutputFormat::Parquet, 200_000),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            let mut st = Stager::new(settings(dir.path(), format, cap, 8)).unwrap();
+            let mut st = Stager::new(settings(dir.path(), format, cap, false)).unwrap();
             let mut sealed = Vec::new();
             for i in 0..30_000u64 {
-                st.insert(&stream(1200), &record(i), i, 1100, &mut sealed)
-                    .unwrap();
+                st.insert(&stream(1200), record(i), i, 1100).unwrap();
             }
-            st.seal_all(&mut sealed).unwrap();
+            st.seal_all(None).unwrap();
+            settle(&mut st, &mut sealed);
             assert!(sealed.len() > 3, "{format:?}: {}", sealed.len());
-            let mut total = 0;
             for f in &sealed {
                 let len = std::fs::metadata(&f.path).unwrap().len();
                 assert_eq!(len, f.bytes);
                 assert!(len <= cap, "{format:?}: {len} > {cap}");
-                total += RecordSource::open_path(&f.path, None).unwrap().count();
             }
-            assert_eq!(total, 30_000);
+            assert_eq!(
+                sealed
+                    .iter()
+                    .filter(|f| f.reason == SealReason::Flush)
+                    .count(),
+                1,
+                "one file at the end, the others at the cap"
+            );
+            assert_eq!(records_in(&sealed), 30_000);
             let keys: std::collections::HashSet<_> = sealed.iter().map(|f| f.key.clone()).collect();
             assert_eq!(keys.len(), sealed.len(), "distinct keys");
         }
     }
 
     #[test]
-    fn open_file_limit_seals_the_least_recently_written() {
+    fn any_number_of_streams_in_any_order_makes_one_file_each() {
         let dir = tempfile::tempdir().unwrap();
-        let mut st = Stager::new(settings(dir.path(), OutputFormat::Text, 75_000_000, 2)).unwrap();
+        let mut st =
+            Stager::new(settings(dir.path(), OutputFormat::Text, 75_000_000, false)).unwrap();
         let mut sealed = Vec::new();
-        st.insert(&stream(300), &record(1), 1, 0, &mut sealed)
-            .unwrap();
-        st.insert(&stream(600), &record(2), 2, 0, &mut sealed)
-            .unwrap();
-        st.insert(&stream(300), &record(3), 3, 0, &mut sealed)
-            .unwrap();
-        st.insert(&stream(900), &record(4), 4, 0, &mut sealed)
-            .unwrap();
+        // 3,000 streams, 10 records each, interleaved.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut order: Vec<u64> = (0..30_000).collect();
+        for i in (1..order.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            order.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        for (pos, i) in order.iter().enumerate() {
+            st.insert(&stream(300 * (1 + i % 3000)), record(*i), pos as u64, 0)
+                .unwrap();
+        }
+        assert_eq!(st.open_streams(), 3000);
+        st.seal_all(None).unwrap();
+        settle(&mut st, &mut sealed);
+        assert_eq!(sealed.len(), 3000);
+        assert!(sealed.iter().all(|f| f.records == 10));
+        assert_eq!(records_in(&sealed), 30_000);
+    }
+
+    /// 40 streams of 2,000 records each, interleaved, under `budget`.
+    fn interleaved(budget: u64) -> Vec<SealedFile> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), OutputFormat::Text, 75_000_000, false);
+        s.memory_budget = budget;
+        let mut st = Stager::new(s).unwrap();
+        let mut sealed = Vec::new();
+        let mut pos = 0u64;
+        for round in 0..2000u64 {
+            for w in 0..40u64 {
+                st.insert(&stream(300 * (1 + w)), record(round * 40 + w), pos, 0)
+                    .unwrap();
+                pos += 1;
+            }
+            assert!(st.memory_used() <= budget);
+        }
+        st.seal_all(None).unwrap();
+        settle(&mut st, &mut sealed);
+        assert_eq!(records_in(&sealed), 80_000);
+        sealed
+    }
+
+    #[test]
+    fn over_the_memory_budget_streams_go_to_encoders_without_extra_files() {
+        // 80,000 waiting records need more than 32 MiB; 40 open encoders fit.
+        assert!(80_000 * RECORD_BYTES > 32 << 20);
+        let sealed = interleaved(32 << 20);
+        assert_eq!(sealed.len(), 40);
+        assert!(sealed.iter().all(|f| f.records == 2000));
+    }
+
+    #[test]
+    fn when_open_encoders_fill_the_budget_the_largest_stream_is_sealed() {
+        // 16 MiB holds fewer than 40 open encoders: extra files, each of many records.
+        let sealed = interleaved(16 << 20);
+        let extra: Vec<u64> = sealed
+            .iter()
+            .filter(|f| f.reason == SealReason::MemoryBudget)
+            .map(|f| f.records)
+            .collect();
+        assert!(!extra.is_empty(), "the budget was exceeded");
+        assert!(extra.iter().all(|r| *r >= 400), "{extra:?}");
+        assert_eq!(sealed.len(), 40 + extra.len());
+    }
+
+    #[test]
+    fn seal_below_seals_the_streams_holding_old_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st =
+            Stager::new(settings(dir.path(), OutputFormat::Text, 75_000_000, false)).unwrap();
+        let mut sealed = Vec::new();
+        st.insert(&stream(300), record(1), 1, 0).unwrap();
+        st.insert(&stream(600), record(2), 2, 0).unwrap();
+        st.insert(&stream(300), record(3), 3, 0).unwrap();
+        assert_eq!(st.seal_below(2).unwrap(), 1);
+        settle(&mut st, &mut sealed);
         assert_eq!(sealed.len(), 1);
         assert_eq!(
-            (sealed[0].stream.window_end, sealed[0].reason),
-            (600, SealReason::OpenFileLimit)
+            (
+                sealed[0].stream.window_end,
+                sealed[0].reason,
+                sealed[0].records
+            ),
+            (300, SealReason::WalLimit, 2)
         );
-        assert_eq!(st.open_files(), 2);
-        assert_eq!(st.min_open_position(), Some(1));
+        assert_eq!(st.min_open_position(), Some(2));
     }
 }

@@ -133,13 +133,13 @@ pub fn run(settings: &Settings) -> Result<ServeSummary, ServeError> {
         tracing::error!(error = %e, "the server failed; sealing and stopping");
     }
     // An error means the pipeline has stopped: `stop` below returns why.
+    // Sealing and uploading get what is left of shutdown_grace since the signal.
     let published = pipeline
-        .seal_all()
-        .and_then(|()| pipeline.wait_published(settings.service.shutdown_grace))
+        .finish(settings.service.shutdown_grace)
         .unwrap_or(false);
     cancel.cancel();
     let stats = pipeline.stop()?;
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    runtime.shutdown_timeout(Duration::from_secs(1));
     served?;
     if !published {
         tracing::warn!(
@@ -221,12 +221,14 @@ fn serve_until_stopped(
     );
 
     let grace = settings.service.shutdown_grace;
+    let deadline = pipeline.shutdown_deadline();
     runtime.block_on(async {
         let mut check = tokio::time::interval(Duration::from_secs(1));
         let mut signalled = std::pin::pin!(telemetry::shutdown_signal());
         let early = loop {
             tokio::select! {
                 () = &mut signalled => {
+                    deadline.set(grace);
                     tracing::info!("stopping: no new calls; letting the calls in progress finish");
                     break None;
                 }
@@ -264,7 +266,7 @@ fn serve_until_stopped(
                 tokio::select! {
                     result = &mut server => result,
                     () = drained => Ok(Ok(())),
-                    () = tokio::time::sleep(grace) => {
+                    () = tokio::time::sleep(deadline.remaining().unwrap_or(grace)) => {
                         tracing::warn!(
                             "calls still in progress after service.shutdown_grace; stopping anyway"
                         );
