@@ -968,11 +968,14 @@ fn validate_output(raw: RawOutput, p: &mut Problems) -> Option<OutputSettings> {
         }
         parquet.max_row_group_rows = rows.max(1);
     }
-    let workers = raw.workers.unwrap_or_else(default_workers);
-    if workers == 0 || workers > 256 {
+    let workers = match raw.workers {
+        None | Some(0) => default_workers(),
+        Some(n) => n,
+    };
+    if workers > 256 {
         p.add(
             "output.workers",
-            format!("{workers} encoder threads: must be 1-256 (default: the number of cores)"),
+            format!("{workers} encoder threads: at most 256 (0 = one per core, the default)"),
         );
     }
     let memory_budget = raw.memory_budget.map_or(DEFAULT_MEMORY_BUDGET, |b| b.0);

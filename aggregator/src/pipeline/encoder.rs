@@ -9,7 +9,8 @@
 //! Open files hold no file descriptor: encoded bytes collect in a small buffer that is
 //! appended to the file under `staging/open/` when it fills, so thousands of streams can be
 //! written at once without running into the descriptor limit. Sealing finishes the
-//! encoding, fsyncs the file and renames it to `staging/sealed/<file name>`.
+//! encoding, fsyncs the file and renames it to `staging/sealed/<file name>` (the pipeline
+//! thread syncs that directory before it records the files in the manifest).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -363,10 +364,9 @@ fn finish(
     let key = object_key(settings.layout, &settings.prefix, &parts)?;
     let name = key.rsplit('/').next().unwrap_or(&key).to_owned();
     let path = settings.sealed_dir.join(name);
+    // The pipeline thread syncs the directory once for every group of sealed files, before
+    // it records them in the manifest.
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
-    File::open(&settings.sealed_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(&settings.sealed_dir))?;
     Ok(SealedFile {
         key,
         path,

@@ -266,25 +266,49 @@ impl Manifest {
         &self.writer_id
     }
 
+    /// Records sealed files (durably, with one fsync) and returns them with their ids.
+    pub fn record_sealed_all(
+        &mut self,
+        mut entries: Vec<SealedEntry>,
+    ) -> Result<Vec<SealedEntry>, ManifestError> {
+        for entry in &mut entries {
+            entry.id = self.next_id;
+            self.next_id += 1;
+        }
+        let lines: Vec<Entry> = entries.iter().cloned().map(Entry::Sealed).collect();
+        self.append_all(&lines)?;
+        for entry in &entries {
+            let through = self
+                .sealed_through
+                .entry(StreamKey::from(&entry.stream))
+                .or_insert(0);
+            *through = (*through).max(entry.last);
+            self.pending.insert(entry.id, entry.clone());
+        }
+        Ok(entries)
+    }
+
+    /// Records that the sink confirmed the files `ids` (durably, with one fsync); returns
+    /// the entries it knew.
+    pub fn record_uploaded_all(&mut self, ids: &[u64]) -> Result<Vec<SealedEntry>, ManifestError> {
+        let lines: Vec<Entry> = ids.iter().map(|&id| Entry::Uploaded { id }).collect();
+        self.append_all(&lines)?;
+        Ok(ids
+            .iter()
+            .filter_map(|id| self.pending.remove(id))
+            .collect())
+    }
+
     /// Records a sealed file (durably) and returns its id.
-    pub fn record_sealed(&mut self, mut entry: SealedEntry) -> Result<u64, ManifestError> {
-        entry.id = self.next_id;
-        self.next_id += 1;
-        self.append(&Entry::Sealed(entry.clone()))?;
-        let through = self
-            .sealed_through
-            .entry(StreamKey::from(&entry.stream))
-            .or_insert(0);
-        *through = (*through).max(entry.last);
-        let id = entry.id;
-        self.pending.insert(id, entry);
+    pub fn record_sealed(&mut self, entry: SealedEntry) -> Result<u64, ManifestError> {
+        let id = self.next_id;
+        self.record_sealed_all(vec![entry])?;
         Ok(id)
     }
 
     /// Records that the sink confirmed file `id`.
     pub fn record_uploaded(&mut self, id: u64) -> Result<Option<SealedEntry>, ManifestError> {
-        self.append(&Entry::Uploaded { id })?;
-        Ok(self.pending.remove(&id))
+        Ok(self.record_uploaded_all(&[id])?.pop())
     }
 
     /// Records import progress (durably).

@@ -419,7 +419,13 @@ impl Pipeline {
             close_by_clock,
         };
         runtime.spawn(upload_loop(
-            upload_rx, sink, done_tx, metrics, health, cancel,
+            upload_rx,
+            sink,
+            done_tx,
+            metrics,
+            health,
+            cancel,
+            settings.sink.max_pending_uploads(),
         ));
 
         let unconfirmed: Vec<SealedEntry> = core.manifest.pending().cloned().collect();
@@ -580,14 +586,23 @@ async fn upload_loop(
     metrics: Arc<Metrics>,
     health: Health,
     cancel: CancellationToken,
+    concurrency: usize,
 ) {
     let backoff = Backoff::default();
+    // A group of files sealed at once (a window closing for thousands of streams) is
+    // uploaded at most `concurrency` at a time.
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     loop {
         let job = tokio::select! {
             job = jobs.recv() => job,
             () = cancel.cancelled() => None,
         };
         let Some(job) = job else { break };
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot.ok(),
+            () = cancel.cancelled() => None,
+        };
+        let Some(slot) = slot else { break };
         let (sink, done, metrics, health, cancel, backoff) = (
             Arc::clone(&sink),
             done.clone(),
@@ -597,6 +612,7 @@ async fn upload_loop(
             backoff.clone(),
         );
         tokio::spawn(async move {
+            let _slot = slot;
             let started = Instant::now();
             let kind = sink.kind();
             let observe = |e: &SinkError| {
@@ -937,24 +953,39 @@ impl Core {
     /// Records sealed files in the manifest and queues them for upload, waiting while too
     /// many uploads are pending (backpressure).
     fn publish(&mut self, sealed: &mut Vec<SealedFile>) -> Result<(), PipelineError> {
-        for file in sealed.drain(..) {
-            let mut upload = true;
-            while self.pending.len() >= self.max_pending {
-                // Past a shutdown deadline nothing waits: the file stays staged and goes
-                // out at the next start.
-                if self.deadline.passed() {
-                    upload = false;
-                    break;
-                }
-                let wait = self
-                    .deadline
-                    .remaining()
-                    .map_or(Duration::from_secs(1), |d| d.min(Duration::from_secs(1)));
-                match self.done_rx.recv_timeout(wait) {
-                    Ok(done) => self.handle_done(done)?,
-                    Err(_) => self.update_gauges(unix_now()),
-                }
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        // The renames into staging/sealed/ must be durable before the manifest names them.
+        let dir = self.stager.sealed_dir();
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| StageError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        let mut upload = true;
+        while self.pending.len() >= self.max_pending {
+            // Past a shutdown deadline nothing waits: the file stays staged and goes
+            // out at the next start.
+            if self.deadline.passed() {
+                upload = false;
+                break;
             }
+            let wait = self
+                .deadline
+                .remaining()
+                .map_or(Duration::from_secs(1), |d| d.min(Duration::from_secs(1)));
+            match self.done_rx.recv_timeout(wait) {
+                Ok(done) => {
+                    self.handle_done(done)?;
+                    self.drain_done()?;
+                }
+                Err(_) => self.update_gauges(unix_now()),
+            }
+        }
+        let mut entries = Vec::with_capacity(sealed.len());
+        for file in sealed.drain(..) {
             self.metrics.observe_sealed(file.reason.as_str());
             let relative = file
                 .path
@@ -972,8 +1003,11 @@ impl Core {
                 first: file.first,
                 last: file.last,
             };
-            let id = self.manifest.record_sealed(entry.clone())?;
-            self.requeue(SealedEntry { id, ..entry }, upload);
+            entries.push(entry);
+        }
+        // One manifest write and fsync for the group.
+        for entry in self.manifest.record_sealed_all(entries)? {
+            self.requeue(entry, upload);
         }
         Ok(())
     }
@@ -1005,24 +1039,38 @@ impl Core {
         }
     }
 
+    /// Handles every confirmed upload reported so far, with one manifest write.
     fn drain_done(&mut self) -> Result<(), PipelineError> {
-        while let Ok(done) = self.done_rx.try_recv() {
-            self.handle_done(done)?;
+        let mut done = Vec::new();
+        while let Ok(d) = self.done_rx.try_recv() {
+            done.push(d);
         }
-        Ok(())
+        self.confirm(&done)
     }
 
-    fn handle_done(&mut self, (id, bytes, records): (u64, u64, u64)) -> Result<(), PipelineError> {
-        if let Some(entry) = self.manifest.record_uploaded(id)? {
+    fn handle_done(&mut self, done: (u64, u64, u64)) -> Result<(), PipelineError> {
+        self.confirm(&[done])
+    }
+
+    /// Records confirmed uploads `(id, bytes, records)`, deletes their staged files and
+    /// reclaims the WAL below what is still unpublished.
+    fn confirm(&mut self, done: &[(u64, u64, u64)]) -> Result<(), PipelineError> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<u64> = done.iter().map(|d| d.0).collect();
+        for entry in self.manifest.record_uploaded_all(&ids)? {
             let path = self.state_dir.join(&entry.file);
             if let Err(e) = fs::remove_file(&path) {
                 tracing::warn!(file = %path.display(), error = %e, "cannot remove a published staged file");
             }
         }
-        self.pending.remove(&id);
-        self.stats.files_published += 1;
-        self.stats.bytes_published += bytes;
-        self.stats.records_published += records;
+        for &(id, bytes, records) in done {
+            self.pending.remove(&id);
+            self.stats.files_published += 1;
+            self.stats.bytes_published += bytes;
+            self.stats.records_published += records;
+        }
         self.reclaim()
     }
 
@@ -1359,6 +1407,52 @@ mod tests {
         assert!(!deliver(&p, mark("a", 9, 31, 29), records(31, 1)));
         finish(p);
         assert_eq!(h.published_records().len(), 31);
+    }
+
+    #[test]
+    fn ten_thousand_flow_log_ids_pushed_at_once_give_one_file_each() {
+        // On a tmpfs when there is one: the test is about file counts, and 10,000 files'
+        // fsyncs on a slow disk would only cost time.
+        let shm = Path::new("/dev/shm");
+        let h = Harness {
+            dir: if shm.is_dir() {
+                tempfile::tempdir_in(shm).unwrap()
+            } else {
+                tempfile::tempdir().unwrap()
+            },
+            ..Harness::new()
+        };
+        let mut settings = h.settings();
+        settings.state.wal_segment_bytes = 64 << 20;
+        let sink: Arc<dyn ObjectSink> = Arc::new(LocalDirSink::new(h.out()).unwrap());
+        let p = Pipeline::start(
+            &settings,
+            sink,
+            Metrics::new(),
+            Health::default(),
+            h.rt.handle().clone(),
+            CancellationToken::new(),
+        )
+        .unwrap();
+        let d = p.deliverer().unwrap();
+        let answers: Vec<_> = (0..10_000u64)
+            .map(|i| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let mut batch = wal_batch(records(i, 2));
+                batch.flow_log_id = format!("fl-{i:08x}");
+                d.deliver(Delivery::new(batch, mark("a", 1, i + 1, 1), tx).unwrap())
+                    .unwrap();
+                rx
+            })
+            .collect();
+        for rx in answers {
+            assert!(!rx.blocking_recv().unwrap());
+        }
+        drop(d);
+        let stats = finish(p);
+        assert_eq!(stats.files_published, 10_000);
+        assert_eq!(stats.records_published, 20_000);
+        assert_eq!(h.published_records().len(), 20_000);
     }
 
     #[test]

@@ -723,7 +723,7 @@ mod tests {
     #[test]
     fn over_the_memory_budget_streams_go_to_encoders_without_extra_files() {
         // 80,000 waiting records need more than 32 MiB; 40 open encoders fit.
-        assert!(80_000 * RECORD_BYTES > 32 << 20);
+        const { assert!(80_000 * RECORD_BYTES > 32 << 20) };
         let sealed = interleaved(32 << 20);
         assert_eq!(sealed.len(), 40);
         assert!(sealed.iter().all(|f| f.records == 2000));

@@ -176,7 +176,13 @@ pub struct Setup {
 impl Setup {
     /// `extra_output` is appended to `[output]`.
     pub fn local(extra_output: &str) -> Setup {
-        let dir = tempfile::tempdir().unwrap();
+        Setup::local_in(&std::env::temp_dir(), extra_output)
+    }
+
+    /// Like [`Setup::local`], with the scratch directory below `parent` (e.g. a tmpfs, where
+    /// the many fsyncs of a test about file counts cost nothing).
+    pub fn local_in(parent: &Path, extra_output: &str) -> Setup {
+        let dir = tempfile::tempdir_in(parent).unwrap();
         let out = dir.path().join("out");
         let state = dir.path().join("state");
         let config = dir.path().join("aggregator.toml");
