@@ -166,7 +166,7 @@ impl Publisher {
         self.submit(batch)
     }
 
-    /// Seals every open file, waits up to `grace` (default: `[service].shutdown_grace`) for
+    /// Seals every live stream, waits up to `grace` (default: `[service].shutdown_grace`) for
     /// the sink to confirm them, and stops the pipeline.
     pub fn finish(mut self, grace: Option<Duration>) -> Result<PublishSummary, StandaloneError> {
         self.flush()?;

@@ -269,7 +269,7 @@ pub struct Metrics {
     pub staged_bytes: Gauge,
     /// `flowlog_staged_files`: sealed files waiting for upload.
     pub staged_files: Gauge,
-    /// `flowlog_open_files`: files being written.
+    /// `flowlog_open_files`: live streams (records waiting or a file open).
     pub open_files: Gauge,
     /// `flowlog_wal_bytes`: size of the write-ahead log.
     pub wal_bytes: Gauge,
@@ -368,8 +368,11 @@ impl Metrics {
             "flowlog_staged_files",
             "Sealed files waiting for upload",
         );
-        let open_files: Gauge =
-            registered(&mut registry, "flowlog_open_files", "Files being written");
+        let open_files: Gauge = registered(
+            &mut registry,
+            "flowlog_open_files",
+            "Streams being written (records waiting or a file open)",
+        );
         let wal_bytes: Gauge = registered(
             &mut registry,
             "flowlog_wal_bytes",

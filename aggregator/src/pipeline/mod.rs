@@ -1,13 +1,15 @@
 //! The publishing pipeline: records in, correct objects out, nothing lost or duplicated.
 //!
 //! ```text
-//! submit(batch) ─▶ WAL append (+fsync) ─▶ stager (one open file per stream) ─▶ sealed file
+//! submit(batch) ─▶ WAL append (+fsync) ─▶ stager (records gathered per stream) ─▶ encoder
+//!   threads (one file per stream, sealed at window close / end of input / size cap)
 //!   ─▶ manifest "sealed" (fsync) ─▶ upload (retry forever) ─▶ manifest "uploaded" ─▶ delete
 //!   staged file ─▶ reclaim WAL below the lowest position still open or unpublished
 //! ```
 //!
-//! One thread owns the WAL, the stager and the manifest; uploads run as tasks on a tokio
-//! runtime and report back over a channel. After a crash, [`Pipeline::start`] re-queues
+//! One thread owns the WAL, the stager and the manifest; encoding and compression run on
+//! the stager's encoder threads (one stream always on the same one), uploads as tasks on a
+//! tokio runtime, and both report back over channels. After a crash, [`Pipeline::start`] re-queues
 //! every sealed file the manifest has not seen confirmed (same key, same bytes) and replays
 //! the WAL, skipping records that are already in sealed files, so every record is published
 //! exactly once.
@@ -756,19 +758,22 @@ impl Core {
         if appended {
             self.wal.commit()?;
         }
+        // Counted before the answers, so that whoever got an answer sees it in the metrics.
+        core_metrics_agents(&self.metrics, self.dedupe.agents());
         let mut staged = Vec::with_capacity(group.len());
         for (delivery, lsn) in group {
             let Delivery { batch, reply, .. } = delivery;
+            if lsn.is_some() {
+                let n = batch.records.len() as u64;
+                self.stats.records_in += n;
+                self.metrics.records_in.inc_by(n);
+            }
             let _ = reply.send(lsn.is_none());
             if let Some(lsn) = lsn {
                 staged.push((lsn, batch));
             }
         }
-        core_metrics_agents(&self.metrics, self.dedupe.agents());
         for (lsn, batch) in staged {
-            let n = batch.records.len() as u64;
-            self.stats.records_in += n;
-            self.metrics.records_in.inc_by(n);
             self.stage(lsn, batch, false)?;
         }
         Ok(())

@@ -91,8 +91,8 @@ pub struct ServeSummary {
 }
 
 /// Runs the server until SIGTERM or SIGINT, then stops taking calls, lets the calls in
-/// progress finish, seals every open file and waits up to `[service] shutdown_grace` for
-/// the uploads.
+/// progress finish, seals the live streams and uploads, all within `[service]
+/// shutdown_grace` of the signal (what does not make it goes out at the next start).
 pub fn run(settings: &Settings) -> Result<ServeSummary, ServeError> {
     let listen = settings.listen.as_ref().ok_or(ServeError::NoListen)?;
     let auth = Arc::new(Authenticator::load(&listen.tokens_file)?);
