@@ -180,13 +180,11 @@ enum ColumnBuilder {
 }
 
 impl ColumnBuilder {
-    fn new(field: FieldId) -> Self {
+    fn new(field: FieldId, rows: usize) -> Self {
         match field.parquet_type() {
-            ParquetType::Int32 => Self::Int32(Int32Builder::with_capacity(BATCH_ROWS)),
-            ParquetType::Int64 => Self::Int64(Int64Builder::with_capacity(BATCH_ROWS)),
-            ParquetType::Utf8 => {
-                Self::Utf8(StringBuilder::with_capacity(BATCH_ROWS, 16 * BATCH_ROWS))
-            }
+            ParquetType::Int32 => Self::Int32(Int32Builder::with_capacity(rows)),
+            ParquetType::Int64 => Self::Int64(Int64Builder::with_capacity(rows)),
+            ParquetType::Utf8 => Self::Utf8(StringBuilder::with_capacity(rows, 16 * rows)),
         }
     }
 
@@ -289,6 +287,19 @@ impl<W: Write + Send> ParquetWriter<W> {
         format: LogFormat,
         options: &ParquetOptions,
     ) -> Result<Self, ParquetError> {
+        Self::with_rows_hint(inner, format, options, BATCH_ROWS)
+    }
+
+    /// Like [`ParquetWriter::new`] for an object expected to hold about `rows` rows: the
+    /// column buffers start that small (they grow as needed), which saves allocating and
+    /// faulting in megabytes for each of many small objects.
+    pub fn with_rows_hint(
+        inner: W,
+        format: LogFormat,
+        options: &ParquetOptions,
+        rows: usize,
+    ) -> Result<Self, ParquetError> {
+        let rows = rows.clamp(1, BATCH_ROWS);
         let max_row_group_rows = options.max_row_group_rows.max(1);
         let properties = WriterProperties::builder()
             .set_writer_version(WriterVersion::PARQUET_1_0)
@@ -314,7 +325,7 @@ impl<W: Write + Send> ParquetWriter<W> {
             columns: format
                 .fields()
                 .iter()
-                .map(|f| ColumnBuilder::new(*f))
+                .map(|f| ColumnBuilder::new(*f, rows))
                 .collect(),
             format,
             max_row_group_rows: max_row_group_rows as u64,

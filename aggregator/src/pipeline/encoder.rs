@@ -222,7 +222,7 @@ impl Worker {
             let file = match self.files.entry(sid) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(create(&self.settings, &stream, position)?)
+                    e.insert(create(&self.settings, &stream, position, records.len())?)
                 }
             };
             write_record(file, record, position)?;
@@ -264,6 +264,7 @@ fn create(
     settings: &EncodeSettings,
     stream: &StreamKey,
     first: u64,
+    rows_hint: usize,
 ) -> Result<OpenFile, StageError> {
     let tmp = settings
         .open_dir
@@ -275,7 +276,8 @@ fn create(
             GzipTextWriter::new(out, format, settings.gzip_level).map_err(io_err(&tmp))?,
         )),
         OutputFormat::Parquet => Encoder::Parquet(Box::new(
-            ParquetWriter::new(out, format, &settings.parquet).map_err(parquet_err(&tmp))?,
+            ParquetWriter::with_rows_hint(out, format, &settings.parquet, rows_hint)
+                .map_err(parquet_err(&tmp))?,
         )),
     };
     Ok(OpenFile {
