@@ -1460,6 +1460,75 @@ mod tests {
         assert_eq!(h.published_records().len(), 20_000);
     }
 
+    /// The local sink, each put delayed: a slow bucket.
+    #[derive(Debug)]
+    struct SlowSink(LocalDirSink, Duration);
+
+    #[async_trait::async_trait]
+    impl ObjectSink for SlowSink {
+        async fn put_file(
+            &self,
+            key: &str,
+            path: &Path,
+        ) -> Result<crate::sink::PutOutcome, SinkError> {
+            tokio::time::sleep(self.1).await;
+            self.0.put_file(key, path).await
+        }
+        async fn check(&self) -> Result<(), SinkError> {
+            self.0.check().await
+        }
+        fn describe(&self) -> String {
+            self.0.describe()
+        }
+        fn kind(&self) -> &'static str {
+            self.0.kind()
+        }
+    }
+
+    #[test]
+    fn finish_keeps_its_deadline_with_a_slow_sink_and_the_rest_goes_out_at_the_next_start() {
+        let h = Harness::new();
+        let mut settings = h.settings();
+        settings.state.wal_segment_bytes = 64 << 20;
+        let start = |sink: Arc<dyn ObjectSink>| {
+            Pipeline::start_import(
+                &settings,
+                sink,
+                Metrics::new(),
+                Health::default(),
+                h.rt.handle().clone(),
+                CancellationToken::new(),
+            )
+            .unwrap()
+        };
+        let slow = SlowSink(
+            LocalDirSink::new(h.out()).unwrap(),
+            Duration::from_millis(300),
+        );
+        let p = start(Arc::new(slow));
+        // 2,000 streams (flow log ids), 3 records each.
+        for i in 0..2000u64 {
+            let mut batch = wal_batch(records(i, 3));
+            batch.flow_log_id = format!("fl-{i:08x}");
+            p.submit(batch).unwrap();
+        }
+        let started = Instant::now();
+        let published = p.finish(Duration::from_secs(2)).unwrap();
+        let took = started.elapsed();
+        let stats = p.stop().unwrap();
+        assert!(!published, "a slow sink cannot take 2,000 files in 2 s");
+        assert!(took < Duration::from_millis(2800), "finish took {took:?}");
+        assert!(stats.files_published < 2000, "{stats:?}");
+        // The next start publishes the rest, and nothing twice.
+        let p = start(Arc::new(LocalDirSink::new(h.out()).unwrap()));
+        let stats_after = finish(p);
+        assert_eq!(stats.files_published + stats_after.files_published, 2000);
+        assert_eq!(h.published_records().len(), 6000);
+        let mut all = h.published_records();
+        all.dedup();
+        assert_eq!(all.len(), 6000, "no record twice");
+    }
+
     #[test]
     fn group_commit_answers_every_delivery_and_dedupes_within_the_group() {
         let h = Harness::new();
