@@ -1,11 +1,12 @@
 //! [`LocalDirSink`]: objects as files under a root directory, keys as relative paths.
 //!
-//! A put copies the staged file into a temporary file in [`TMP_DIR`] under the root (same
-//! file system, outside `AWSLogs/`), fsyncs it, renames it over the final name and fsyncs
-//! both directories: a reader of the key tree sees nothing or the whole file, never a
-//! temporary one, and after a crash the file is either complete or absent. Temporary files
-//! a killed process left behind are removed by the next startup check. The staged file is
-//! copied, not moved: it stays until the caller deletes it.
+//! A put hard-links the staged file (already complete and fsync'd by the pipeline) into a
+//! temporary name in [`TMP_DIR`] under the root (same file system, outside `AWSLogs/`), or
+//! copies and fsyncs it when the root is on another file system, renames it over the final
+//! name and fsyncs both directories: a reader of the key tree sees nothing or the whole
+//! file, never a temporary one, and after a crash the file is either complete or absent.
+//! Temporary files a killed process left behind are removed by the next startup check.
+//! The staged file is linked or copied, never moved: it stays until the caller deletes it.
 
 use std::fs::{self, File};
 use std::io;
@@ -146,8 +147,10 @@ impl ObjectSink for LocalDirSink {
     }
 }
 
-/// Copies `source` to `dest` through a temporary file in `dest`'s directory, with fsyncs
-/// of the file, of the directories created on the way and of the final directory.
+/// Puts `source` at `dest` through a temporary name in [`TMP_DIR`]: a hard link when the
+/// root is on the same file system (the pipeline only puts files it has fsync'd, so the
+/// bytes need no second sync), else a copy that is fsync'd; then fsyncs of the directories
+/// created on the way and of the final directory.
 fn copy_atomically(root: &Path, source: &Path, dest: &Path, target: &str) -> Result<(), SinkError> {
     let mut input = File::open(source).map_err(|e| {
         let reason = format!("cannot open the staged file {}", source.display());
@@ -174,11 +177,23 @@ fn copy_atomically(root: &Path, source: &Path, dest: &Path, target: &str) -> Res
         unique_suffix()
     ));
     let written = (|| {
-        let mut output = File::options().write(true).create_new(true).open(&tmp)?;
-        io::copy(&mut input, &mut output)?;
-        output.sync_all()?;
-        drop(output);
+        // A link saves copying and syncing the bytes again; another file system (or one
+        // without hard links) gets a copy.
+        let linked = fs::hard_link(source, &tmp).is_ok();
+        if !linked {
+            let mut output = File::options().write(true).create_new(true).open(&tmp)?;
+            io::copy(&mut input, &mut output)?;
+            output.sync_all()?;
+        }
         fs::rename(&tmp, dest)?;
+        if linked {
+            // When `dest` already is a link to the same file (the same staged file put
+            // again), rename does nothing and leaves the temporary name.
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         sync_dir(dir)?;
         sync_dir(&tmp_dir)
     })();
@@ -298,6 +313,29 @@ mod tests {
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn a_put_on_the_same_file_system_links_and_a_second_put_leaves_nothing_behind() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("out");
+        let staged = dir.path().join("staged");
+        fs::write(&staged, b"data").unwrap();
+        let key = "AWSLogs/123456789012/vpcflowlogs/eu-west-3/2024/01/01/x.log.gz";
+        fs::create_dir_all(&root).unwrap();
+        for _ in 0..2 {
+            copy_atomically(&root, &staged, &root.join(key), "t").unwrap();
+            assert_eq!(files(&root), vec![key.to_owned()]);
+        }
+        let (a, b) = (
+            fs::metadata(&staged).unwrap(),
+            fs::metadata(root.join(key)).unwrap(),
+        );
+        assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "linked, not copied");
+        // The caller deletes its staged file; the object stays.
+        fs::remove_file(&staged).unwrap();
+        assert_eq!(fs::read(root.join(key)).unwrap(), b"data");
     }
 
     #[test]
