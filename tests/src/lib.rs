@@ -3,6 +3,7 @@
 //! - [`s3`]: an S3-compatible server on 127.0.0.1 (moto in server mode, signature
 //!   checking on) started per test process, helpers to read what landed in it, and a
 //!   [`s3::FlakyProxy`] that simulates an endpoint going down and coming back.
+//! - [`slow_proxy`]: a TCP proxy that adds latency to every request (a slow S3).
 //! - [`pki`]: a throw-away CA with server and client certificates for TLS tests.
 //! - [`published_records`]: every record of every flow log file below a directory.
 //! - [`binaries`]: builds the workspace's executables the end-to-end tests run.
@@ -12,6 +13,7 @@
 
 pub mod pki;
 pub mod s3;
+pub mod slow_proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
