@@ -51,6 +51,10 @@ pub fn binaries() -> anyhow::Result<&'static Path> {
             "gen_pcap",
         ])
         .current_dir(s3::workspace_root())
+        // `cargo test` sets it for the test process; handed on, it changes what some build
+        // scripts (ring's) see, and everything above them would be built again, and again
+        // back by the next ordinary cargo command.
+        .env_remove("CARGO_MANIFEST_DIR")
         .status()
         .context("running cargo build")?;
     anyhow::ensure!(status.success(), "building the binaries failed: {status}");
