@@ -38,7 +38,7 @@ pub const SPILL_BYTES: usize = 128 * 1024;
 pub const PARQUET_FILE_BUFFER: u64 = 8 << 20;
 
 /// Chunks of records queued for one worker at most (then the pipeline thread waits).
-const QUEUED_JOBS: usize = 32;
+const QUEUED_JOBS: usize = 4;
 
 /// What the encoders need to know.
 #[derive(Debug, Clone)]
