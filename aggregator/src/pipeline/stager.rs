@@ -363,16 +363,22 @@ impl Stager {
         if records.is_empty() && seal.is_none() {
             return Ok(());
         }
-        self.encoders.send(
-            worker,
-            Job {
-                sid,
-                stream: key.clone(),
-                records,
-                positions,
-                seal,
-            },
-        )
+        let job = Job {
+            sid,
+            stream: key.clone(),
+            records,
+            positions,
+            seal,
+        };
+        self.encoders.send(worker, job).map_err(|stopped| {
+            // A worker stops only after reporting why: prefer that error.
+            std::iter::from_fn(|| self.done.try_recv().ok())
+                .find_map(|done| match done {
+                    Done::Failed(e) => Some(e),
+                    _ => None,
+                })
+                .unwrap_or(stopped)
+        })
     }
 
     /// Brings memory back under 7/8 of the budget: the streams with the most records
@@ -741,6 +747,31 @@ mod tests {
         assert!(!extra.is_empty(), "the budget was exceeded");
         assert!(extra.iter().all(|r| *r >= 400), "{extra:?}");
         assert_eq!(sealed.len(), 40 + extra.len());
+    }
+
+    #[test]
+    fn an_encoder_failure_is_reported_with_its_file_and_stops_the_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), OutputFormat::Text, 75_000_000, false);
+        s.workers = 1;
+        let mut st = Stager::new(s).unwrap();
+        // The encoder can no longer write its file.
+        fs::remove_dir_all(dir.path().join("staging/open")).unwrap();
+        st.insert(&stream(300), record(1), 1, 0).unwrap();
+        st.seal_all(None).unwrap();
+        let mut sealed = Vec::new();
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let err = loop {
+            match st.collect_until(deadline, &mut sealed) {
+                Err(e) => break e,
+                Ok(got) => assert!(got, "no report from the encoder"),
+            }
+        };
+        assert!(err.to_string().contains("staging/open/300-1.part"), "{err}");
+        assert!(sealed.is_empty());
+        // Work handed over later is refused: the encoder has stopped.
+        st.insert(&stream(900), record(2), 2, 0).unwrap();
+        assert!(st.seal_all(None).is_err());
     }
 
     #[test]
