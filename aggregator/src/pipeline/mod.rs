@@ -1517,7 +1517,8 @@ mod tests {
         let took = started.elapsed();
         let stats = p.stop().unwrap();
         assert!(!published, "a slow sink cannot take 2,000 files in 2 s");
-        assert!(took < Duration::from_millis(2800), "finish took {took:?}");
+        // The deadline plus slack for a loaded machine.
+        assert!(took < Duration::from_millis(4000), "finish took {took:?}");
         assert!(stats.files_published < 2000, "{stats:?}");
         // The next start publishes the rest, and nothing twice.
         let p = start(Arc::new(LocalDirSink::new(h.out()).unwrap()));

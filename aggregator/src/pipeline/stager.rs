@@ -750,7 +750,7 @@ mod tests {
     }
 
     #[test]
-    fn an_encoder_failure_is_reported_with_its_file_and_stops_the_stage() {
+    fn an_encoder_failure_is_reported_with_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings(dir.path(), OutputFormat::Text, 75_000_000, false);
         s.workers = 1;
