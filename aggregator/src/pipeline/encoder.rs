@@ -27,7 +27,7 @@ use flowlog_formats::parquet::{ParquetOptions, ParquetWriter};
 use flowlog_formats::text::{GzipTextWriter, line_len_upper_bound};
 use flowlog_formats::{FlowRecord, LogFormat};
 
-use super::stager::{SealReason, SealedFile, StageError};
+use super::stager::{SealReason, SealedFile, StageError, io_err};
 use super::window::StreamKey;
 use crate::convert::OutputFormat;
 
@@ -241,13 +241,6 @@ impl Worker {
         let sealed = finish(&self.settings, file, reason)?;
         let _ = self.done.send(Done::Sealed(sealed));
         Ok(())
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
-    move |source| StageError::Io {
-        path: path.display().to_string(),
-        source,
     }
 }
 

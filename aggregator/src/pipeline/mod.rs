@@ -965,10 +965,7 @@ impl Core {
         let dir = self.stager.sealed_dir();
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(|source| StageError::Io {
-                path: dir.display().to_string(),
-                source,
-            })?;
+            .map_err(stager::io_err(dir))?;
         let mut upload = true;
         while self.pending.len() >= self.max_pending {
             // Past a shutdown deadline nothing waits: the file stays staged and goes

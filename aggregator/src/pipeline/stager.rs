@@ -206,7 +206,8 @@ pub struct Stager {
     sealed_dir: PathBuf,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
+/// Maps an I/O error on `path` to [`StageError::Io`].
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StageError + '_ {
     move |source| StageError::Io {
         path: path.display().to_string(),
         source,
