@@ -101,6 +101,20 @@ pub struct ListenSettings {
     pub max_concurrent_pushes: usize,
     /// How long a push waits for room before it is refused as busy.
     pub push_timeout: Duration,
+    /// Most records one push may hold (counted before any record is decoded).
+    pub max_batch_records: u32,
+    /// How long the body of a push may take to arrive once the call is admitted.
+    pub body_timeout: Duration,
+    /// Open connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// Calls in progress on one connection at most (HTTP/2 `max_concurrent_streams`).
+    pub max_calls_per_connection: u32,
+    /// Calls of one agent (token) in progress at once, at most.
+    pub max_calls_per_agent: usize,
+    /// Records whose `start`/`end` lie further back than this are quarantined.
+    pub max_record_age: Duration,
+    /// Records whose `start`/`end` lie further ahead of the clock are quarantined.
+    pub max_record_ahead: Duration,
 }
 
 /// The TLS files of `[listen]`.
@@ -203,6 +217,9 @@ pub struct StateSettings {
     pub writer_id: Option<String>,
     /// Beyond this WAL size, the streams holding its oldest records are sealed.
     pub max_wal_bytes: u64,
+    /// Most bytes of quarantined records kept under `quarantine/`; past it, records that
+    /// cannot be published are counted and dropped.
+    pub max_quarantine_bytes: u64,
 }
 
 /// `[service]`.
@@ -356,6 +373,7 @@ struct RawState {
     wal_segment_bytes: Option<ByteSize>,
     writer_id: Option<String>,
     max_wal_bytes: Option<ByteSize>,
+    max_quarantine_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -371,6 +389,13 @@ struct RawListen {
     max_pending_records: Option<u64>,
     max_concurrent_pushes: Option<usize>,
     push_timeout: Option<String>,
+    max_batch_records: Option<u64>,
+    body_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_calls_per_connection: Option<u64>,
+    max_calls_per_agent: Option<usize>,
+    max_record_age: Option<String>,
+    max_record_ahead: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -447,6 +472,7 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "wal_segment_bytes",
             "writer_id",
             "max_wal_bytes",
+            "max_quarantine_bytes",
         ],
     ),
     (
@@ -471,6 +497,13 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
             "max_pending_records",
             "max_concurrent_pushes",
             "push_timeout",
+            "max_batch_records",
+            "body_timeout",
+            "max_connections",
+            "max_calls_per_connection",
+            "max_calls_per_agent",
+            "max_record_age",
+            "max_record_ahead",
         ],
     ),
     (
@@ -782,6 +815,56 @@ fn validate_listen(raw: RawListen, p: &mut Problems) -> Option<ListenSettings> {
     if push_timeout.is_zero() {
         p.add("listen.push_timeout", "must be longer than 0s");
     }
+    let protocol_records = flowlog_transport::MAX_BATCH_RECORDS as u64;
+    let max_batch_records = raw
+        .max_batch_records
+        .unwrap_or(u64::from(DEFAULT_MAX_BATCH_RECORDS));
+    if !(1..=protocol_records).contains(&max_batch_records) {
+        p.add(
+            "listen.max_batch_records",
+            format!("{max_batch_records} is not between 1 and {protocol_records}"),
+        );
+    }
+    let body_timeout = duration(
+        "listen.body_timeout",
+        raw.body_timeout.as_deref(),
+        DEFAULT_BODY_TIMEOUT,
+        p,
+    );
+    if body_timeout.is_zero() {
+        p.add("listen.body_timeout", "must be longer than 0s");
+    }
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        p.add("listen.max_connections", "must be at least 1");
+    }
+    let max_calls_per_connection = raw
+        .max_calls_per_connection
+        .unwrap_or(u64::from(DEFAULT_MAX_CALLS_PER_CONNECTION));
+    if !(1..=1024).contains(&max_calls_per_connection) {
+        p.add(
+            "listen.max_calls_per_connection",
+            format!("{max_calls_per_connection} is not between 1 and 1024"),
+        );
+    }
+    let max_calls_per_agent = raw
+        .max_calls_per_agent
+        .unwrap_or(DEFAULT_MAX_CALLS_PER_AGENT);
+    if max_calls_per_agent == 0 {
+        p.add("listen.max_calls_per_agent", "must be at least 1");
+    }
+    let max_record_age = duration(
+        "listen.max_record_age",
+        raw.max_record_age.as_deref(),
+        DEFAULT_MAX_RECORD_AGE,
+        p,
+    );
+    let max_record_ahead = duration(
+        "listen.max_record_ahead",
+        raw.max_record_ahead.as_deref(),
+        DEFAULT_MAX_RECORD_AHEAD,
+        p,
+    );
     Some(ListenSettings {
         address: address?,
         tls: tls?,
@@ -790,8 +873,30 @@ fn validate_listen(raw: RawListen, p: &mut Problems) -> Option<ListenSettings> {
         max_pending_records: max_pending_records?,
         max_concurrent_pushes: max_concurrent_pushes.max(1),
         push_timeout,
+        max_batch_records: u32::try_from(max_batch_records).ok()?,
+        body_timeout,
+        max_connections,
+        max_calls_per_connection: u32::try_from(max_calls_per_connection).ok()?,
+        max_calls_per_agent,
+        max_record_age,
+        max_record_ahead,
     })
 }
+
+/// Default `listen.max_batch_records` (ten times an agent's default batch).
+pub const DEFAULT_MAX_BATCH_RECORDS: u32 = 100_000;
+/// Default `listen.body_timeout`.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `listen.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `listen.max_calls_per_connection`.
+pub const DEFAULT_MAX_CALLS_PER_CONNECTION: u32 = 16;
+/// Default `listen.max_calls_per_agent` (four times an agent's default `max_in_flight`).
+pub const DEFAULT_MAX_CALLS_PER_AGENT: usize = 16;
+/// Default `listen.max_record_age`: 14 days.
+pub const DEFAULT_MAX_RECORD_AGE: Duration = Duration::from_secs(14 * 86_400);
+/// Default `listen.max_record_ahead`.
+pub const DEFAULT_MAX_RECORD_AHEAD: Duration = Duration::from_secs(600);
 
 /// Default `listen.max_batch_bytes`: 16 MiB.
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 16 << 20;
@@ -1176,11 +1281,17 @@ fn validate_state(raw: RawState, p: &mut Problems) -> StateSettings {
         wal_segment_bytes,
         writer_id,
         max_wal_bytes,
+        max_quarantine_bytes: raw
+            .max_quarantine_bytes
+            .map_or(DEFAULT_MAX_QUARANTINE_BYTES, |b| b.0),
     }
 }
 
 /// Default of `[output] memory_budget`.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 1 << 30;
+
+/// Default of `[state] max_quarantine_bytes`.
+pub const DEFAULT_MAX_QUARANTINE_BYTES: u64 = 1 << 30;
 
 /// Default of `[state] max_wal_bytes`.
 pub const DEFAULT_MAX_WAL_BYTES: u64 = 8 << 30;

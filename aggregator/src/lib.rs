@@ -19,6 +19,7 @@ pub mod config;
 pub mod convert;
 pub mod import;
 pub mod pipeline;
+pub mod quarantine;
 pub mod serve;
 pub mod sink;
 pub mod telemetry;

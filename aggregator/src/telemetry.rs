@@ -210,6 +210,36 @@ pub struct AuthFailureLabels {
     pub reason: &'static str,
 }
 
+/// `reason` of `flowlog_ingest_refused_total`: a connection past `listen.max_connections`.
+pub const REFUSED_CONNECTIONS: &str = "max_connections";
+/// `reason`: an agent's call past `listen.max_calls_per_agent`.
+pub const REFUSED_AGENT_CALLS: &str = "max_calls_per_agent";
+/// `reason`: a body that did not arrive within `listen.body_timeout`.
+pub const REFUSED_BODY_TIMEOUT: &str = "body_timeout";
+/// `reason`: a message larger than `listen.max_batch_bytes`.
+pub const REFUSED_TOO_LARGE: &str = "max_batch_bytes";
+/// `reason`: more records than `listen.max_batch_records`.
+pub const REFUSED_TOO_MANY_RECORDS: &str = "max_batch_records";
+/// `reason`: records outside what the agent's token line allows.
+pub const REFUSED_IDENTITY: &str = "identity_policy";
+/// All `reason` label values of `flowlog_ingest_refused_total`.
+pub const REFUSED_REASONS: [&str; 6] = [
+    REFUSED_CONNECTIONS,
+    REFUSED_AGENT_CALLS,
+    REFUSED_BODY_TIMEOUT,
+    REFUSED_TOO_LARGE,
+    REFUSED_TOO_MANY_RECORDS,
+    REFUSED_IDENTITY,
+];
+
+/// Labels `{reason}` of `flowlog_ingest_refused_total` and
+/// `flowlog_quarantined_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The reason.
+    pub reason: &'static str,
+}
+
 /// Labels `{sink}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct SinkLabels {
@@ -296,6 +326,13 @@ pub struct Metrics {
     pub ingest_pending_records: Gauge,
     /// `flowlog_ingest_agents`: agents in the dedupe state.
     pub ingest_agents: Gauge,
+    /// `flowlog_ingest_refused_total{reason}`: connections and calls refused by a limit.
+    pub ingest_refused: Family<ReasonLabels, Counter>,
+    /// `flowlog_quarantined_records_total{reason}`: records set aside as unpublishable.
+    pub quarantined_records: Family<ReasonLabels, Counter>,
+    /// `flowlog_quarantine_dropped_records_total`: quarantined records not written because
+    /// the quarantine was full.
+    pub quarantine_dropped: Counter,
 }
 
 /// Creates a metric, registers it under `name` and returns the handle.
@@ -446,6 +483,27 @@ impl Metrics {
             "flowlog_ingest_agents",
             "Agents in the dedupe state",
         );
+        let ingest_refused: Family<ReasonLabels, Counter> = registered(
+            &mut registry,
+            "flowlog_ingest_refused",
+            "Connections and push calls refused by a [listen] limit, by reason",
+        );
+        let quarantined_records: Family<ReasonLabels, Counter> = registered(
+            &mut registry,
+            "flowlog_quarantined_records",
+            "Records that cannot be published, set aside under the state directory's quarantine/",
+        );
+        let quarantine_dropped: Counter = registered(
+            &mut registry,
+            "flowlog_quarantine_dropped_records",
+            "Quarantined records not written because state.max_quarantine_bytes was reached",
+        );
+        for reason in REFUSED_REASONS {
+            drop(ingest_refused.get_or_create(&ReasonLabels { reason }));
+        }
+        for reason in crate::quarantine::REASONS {
+            drop(quarantined_records.get_or_create(&ReasonLabels { reason }));
+        }
         for result in INGEST_RESULTS {
             drop(ingest_batches.get_or_create(&IngestLabels { result }));
         }
@@ -491,6 +549,9 @@ impl Metrics {
             ingest_push_seconds,
             ingest_pending_records,
             ingest_agents,
+            ingest_refused,
+            quarantined_records,
+            quarantine_dropped,
         })
     }
 
@@ -501,6 +562,32 @@ impl Metrics {
             .get_or_create(&IngestLabels { result })
             .inc();
         self.ingest_push_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one connection or call refused by a limit (one of [`REFUSED_REASONS`]).
+    pub fn observe_refused(&self, reason: &'static str) {
+        self.ingest_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Records one quarantined record (`reason` one of `quarantine::REASONS`).
+    pub fn observe_quarantined(&self, reason: &'static str) {
+        self.quarantined_records
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Quarantined records so far, all reasons.
+    pub fn quarantined_total(&self) -> u64 {
+        crate::quarantine::REASONS
+            .iter()
+            .map(|&reason| {
+                self.quarantined_records
+                    .get_or_create(&ReasonLabels { reason })
+                    .get()
+            })
+            .sum()
     }
 
     /// Records one call refused by authentication for `reason` (one of

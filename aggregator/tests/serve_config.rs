@@ -51,7 +51,7 @@ fn every_listen_problem_is_listed_at_once() {
     });
     std::fs::write(
         &env.tokens,
-        "agent-a tok-1\nagent-a tok-2\nagent-b\nagent-c tok-1\n",
+        "agent-a tok-1-0123456789abc\nagent-a tok-2-0123456789abc\nagent-b\nagent-c tok-1-0123456789abc\nagent-d short\n",
     )
     .unwrap();
     for args in [
@@ -72,6 +72,7 @@ fn every_listen_problem_is_listed_at_once() {
             "line 2: agent 'agent-a' is already listed on line 1",
             "line 3: agent 'agent-b' has no token",
             "line 4: agent 'agent-c' has the same token as 'agent-a' on line 1",
+            "line 5: the token of 'agent-d' is 5 characters long; at least 16 are required",
         ] {
             assert!(
                 shown.contains(expected),

@@ -192,6 +192,8 @@ address = "127.0.0.1:{port}"
 tls_cert = "{cert}"
 tls_key = "{key}"
 tokens_file = "{tokens}"
+# Test records are of 2024.
+max_record_age = "3650d"
 "#,
                 out = out.display(),
                 state = dir.join("state").display(),

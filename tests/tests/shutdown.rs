@@ -534,7 +534,7 @@ fn sigterm_during_a_slow_s3_serve_exits_within_grace_and_the_restart_publishes_e
     fs::write(&tokens, format!("{AGENT} {TOKEN}\n")).unwrap();
     fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
     let listen = format!(
-        "[listen]\naddress = \"127.0.0.1:0\"\ntokens_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        "[listen]\naddress = \"127.0.0.1:0\"\nmax_record_age = \"3650d\"\ntokens_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
         tokens.display(),
         pki.server_cert.display(),
         pki.server_key.display()

@@ -179,6 +179,117 @@ fn value_of<T: Copy>(all: &[T], code: u32) -> Result<Option<T>, String> {
     }
 }
 
+/// Why [`count_push_records`] could not count.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed protobuf at byte {offset}: {problem}")]
+pub struct WireError {
+    /// Offset of the bad byte within the message.
+    pub offset: usize,
+    /// What is wrong.
+    pub problem: &'static str,
+}
+
+fn read_varint(buf: &[u8], at: &mut usize) -> Result<u64, WireError> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let Some(&b) = buf.get(*at) else {
+            return Err(WireError {
+                offset: *at,
+                problem: "truncated varint",
+            });
+        };
+        *at += 1;
+        value |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(WireError {
+        offset: *at,
+        problem: "varint longer than 10 bytes",
+    })
+}
+
+/// Called for each length-delimited field: field number, payload, payload offset.
+type FieldVisitor<'a> = dyn FnMut(u64, &[u8], usize) -> Result<(), WireError> + 'a;
+
+/// Walks the fields of one message in `buf`, calling `each(field number, payload)` for
+/// every length-delimited field and skipping the others.
+fn walk_fields(buf: &[u8], base: usize, each: &mut FieldVisitor<'_>) -> Result<(), WireError> {
+    let mut at = 0;
+    while at < buf.len() {
+        let start = at;
+        let key = read_varint(buf, &mut at).map_err(|e| WireError {
+            offset: base + e.offset,
+            ..e
+        })?;
+        let truncated = WireError {
+            offset: base + start,
+            problem: "field runs past the end of its message",
+        };
+        match key & 7 {
+            0 => {
+                read_varint(buf, &mut at).map_err(|e| WireError {
+                    offset: base + e.offset,
+                    ..e
+                })?;
+            }
+            1 => {
+                at = at
+                    .checked_add(8)
+                    .filter(|&e| e <= buf.len())
+                    .ok_or(truncated)?
+            }
+            5 => {
+                at = at
+                    .checked_add(4)
+                    .filter(|&e| e <= buf.len())
+                    .ok_or(truncated)?
+            }
+            2 => {
+                let len = read_varint(buf, &mut at).map_err(|e| WireError {
+                    offset: base + e.offset,
+                    ..e
+                })?;
+                let end = usize::try_from(len)
+                    .ok()
+                    .and_then(|l| at.checked_add(l))
+                    .filter(|&e| e <= buf.len())
+                    .ok_or(truncated)?;
+                each(key >> 3, &buf[at..end], base + at)?;
+                at = end;
+            }
+            _ => {
+                return Err(WireError {
+                    offset: base + start,
+                    problem: "unsupported wire type",
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts the records of an encoded `PushRequest` without decoding them: O(bytes), no
+/// allocation. A server calls it before decoding, so that a small message of many empty
+/// records (2 bytes each on the wire, hundreds once decoded) is refused before it costs
+/// memory. Several `batch` fields (protobuf merges them) are all counted.
+pub fn count_push_records(message: &[u8]) -> Result<usize, WireError> {
+    let mut records = 0usize;
+    walk_fields(message, 0, &mut |field, batch, base| {
+        if field == 5 {
+            walk_fields(batch, base, &mut |field, _, _| {
+                if field == 2 {
+                    records += 1;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })?;
+    Ok(records)
+}
+
 /// Encodes records as a batch (text values once, in the string table).
 pub fn encode_batch(records: &[FlowRecord]) -> pb::RecordBatch {
     let mut table = StringTable::default();
@@ -294,7 +405,60 @@ mod tests {
         );
     }
 
+    #[test]
+    fn records_are_counted_on_the_wire() {
+        let push = pb::PushRequest {
+            agent_id: "a".into(),
+            spool_id: 1,
+            seq: 2,
+            acked_below: 1,
+            batch: Some(encode_batch(&[
+                full_record(),
+                FlowRecord::default(),
+                full_record(),
+            ])),
+        };
+        let mut bytes = push.encode_to_vec();
+        assert_eq!(count_push_records(&bytes).unwrap(), 3);
+        // A second batch field merges into the first: both are counted.
+        let more = pb::PushRequest {
+            batch: Some(encode_batch(&vec![FlowRecord::default(); 2])),
+            ..pb::PushRequest::default()
+        };
+        bytes.extend(more.encode_to_vec());
+        assert_eq!(count_push_records(&bytes).unwrap(), 5);
+        assert_eq!(
+            pb::PushRequest::decode(bytes.as_slice())
+                .unwrap()
+                .batch
+                .unwrap()
+                .records
+                .len(),
+            5
+        );
+        assert_eq!(count_push_records(&[]).unwrap(), 0);
+        // Truncated: the length runs past the end.
+        let e = count_push_records(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("malformed protobuf at byte"),
+            "{e}"
+        );
+        assert!(count_push_records(&[0x2a, 0x05, 0x12]).is_err());
+        assert!(count_push_records(&[0xff; 11]).is_err());
+    }
+
     proptest::proptest! {
+        #[test]
+        fn the_wire_count_matches_the_decoder(n in 0usize..50) {
+            let push = pb::PushRequest {
+                batch: Some(encode_batch(&vec![full_record(); n])),
+                ..pb::PushRequest::default()
+            };
+            let bytes = push.encode_to_vec();
+            proptest::prop_assert_eq!(count_push_records(&bytes).unwrap(), n);
+        }
+
+
         #[test]
         fn any_ports_and_counters_round_trip(
             sp in proptest::option::of(proptest::num::u16::ANY),

@@ -45,8 +45,14 @@ use self::batch::{
 use self::dedupe::Dedupe;
 use self::manifest::{Manifest, ManifestError, SealedEntry, StoredStream};
 use self::stager::{SealedFile, StageError, Stager, StagerSettings};
-use self::window::{StreamKey, record_account, record_region, record_time, window_end};
+use self::window::{
+    StreamKey, check_publishable, publishable_window_end, record_account, record_region,
+    record_time,
+};
 use crate::config::Settings;
+use crate::quarantine::{
+    Quarantine, QuarantineError, Quarantined, REASON_OUT_OF_RANGE, REASON_TIME_WINDOW,
+};
 use crate::sink::{Backoff, ObjectSink, SinkError, put_with_retry};
 use crate::telemetry::{Health, Metrics};
 use crate::wal::{Wal, WalError, WalSettings};
@@ -72,6 +78,9 @@ pub enum PipelineError {
     /// A batch holds more records than positions allow.
     #[error("a batch holds {0} records; at most {MAX_BATCH_RECORDS} are allowed")]
     BatchTooLarge(usize),
+    /// Unpublishable records could not be set aside.
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
     /// The pipeline thread has stopped (after an error, reported by [`Pipeline::stop`]).
     #[error("the pipeline has stopped")]
     Stopped,
@@ -136,6 +145,7 @@ pub struct Pipeline {
     imports: HashMap<String, ImportMark>,
     writer_id: String,
     deadline: ShutdownDeadline,
+    quarantine: Arc<Quarantine>,
 }
 
 /// The moment by which a shutdown must be over, shared with the pipeline thread: once it
@@ -296,7 +306,8 @@ impl std::fmt::Debug for Msg {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch by the system clock.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -396,6 +407,22 @@ impl Pipeline {
         let dedupe = Dedupe::from_stored(manifest.agents().cloned());
         let (deliveries_tx, deliveries_rx) = mpsc::channel();
         let deadline = ShutdownDeadline::default();
+        let quarantine = Arc::new(Quarantine::new(
+            &state_dir,
+            settings.state.max_quarantine_bytes,
+            Arc::clone(&metrics),
+        ));
+        // Records further ahead of the clock than serve accepts would hold a window open
+        // for years: by clock, they are quarantined (a WAL of an older version may hold some).
+        let max_ahead_secs = close_by_clock.then(|| {
+            settings
+                .listen
+                .as_ref()
+                .map_or(crate::config::DEFAULT_MAX_RECORD_AHEAD, |l| {
+                    l.max_record_ahead
+                })
+                .as_secs()
+        });
         let mut core = Core {
             wal,
             stager,
@@ -419,6 +446,8 @@ impl Pipeline {
             deadline: deadline.clone(),
             max_wal_bytes: settings.state.max_wal_bytes,
             close_by_clock,
+            quarantine: Arc::clone(&quarantine),
+            max_ahead_secs,
         };
         runtime.spawn(upload_loop(
             upload_rx,
@@ -460,7 +489,13 @@ impl Pipeline {
             imports,
             writer_id,
             deadline,
+            quarantine,
         })
+    }
+
+    /// Returns where records that cannot be published are set aside.
+    pub fn quarantine(&self) -> Arc<Quarantine> {
+        Arc::clone(&self.quarantine)
     }
 
     /// Returns the shutdown deadline shared with the pipeline thread.
@@ -662,6 +697,9 @@ struct Core {
     deadline: ShutdownDeadline,
     max_wal_bytes: u64,
     close_by_clock: bool,
+    quarantine: Arc<Quarantine>,
+    /// By clock: records whose time is further ahead of now than this are quarantined.
+    max_ahead_secs: Option<u64>,
 }
 
 fn core_metrics_agents(metrics: &Metrics, agents: usize) {
@@ -820,8 +858,39 @@ impl Core {
             window_end: 0,
         };
         let mut last: Option<(*const u8, *const u8)> = None;
+        let mut unpublishable: Vec<(usize, &'static str, String, &'static str, FlowRecord)> =
+            Vec::new();
         for (i, record) in batch.records.drain(..).enumerate() {
-            let end = window_end(record_time(&record, now), self.window_secs);
+            let time = record_time(&record, now);
+            let checked = check_publishable(&record)
+                .map_err(|(field, problem)| (field, problem, REASON_OUT_OF_RANGE))
+                .and_then(|()| {
+                    publishable_window_end(time, self.window_secs).ok_or_else(|| {
+                        (
+                            "end",
+                            format!("{time} falls in a window that ends after year 9999"),
+                            REASON_OUT_OF_RANGE,
+                        )
+                    })
+                })
+                .and_then(|end| match self.max_ahead_secs {
+                    Some(ahead) if time > now.saturating_add(ahead) => Err((
+                        "end",
+                        format!(
+                            "{time} is {} s ahead of the clock (at most {ahead} s)",
+                            time - now
+                        ),
+                        REASON_TIME_WINDOW,
+                    )),
+                    _ => Ok(end),
+                });
+            let end = match checked {
+                Ok(end) => end,
+                Err((field, problem, reason)) => {
+                    unpublishable.push((i, field, problem, reason, record));
+                    continue;
+                }
+            };
             let texts = (
                 record
                     .account_id
@@ -853,12 +922,30 @@ impl Core {
             {
                 continue;
             }
-            if !replay && self.close_by_clock && stream.window_end + self.grace_secs <= now {
+            if !replay
+                && self.close_by_clock
+                && stream.window_end.saturating_add(self.grace_secs) <= now
+            {
                 late += 1;
             }
             self.stager.insert(&stream, record, pos, now)?;
         }
         self.metrics.late_records.inc_by(late);
+        if !unpublishable.is_empty() {
+            let source = format!("WAL entry {lsn} (flow log {})", batch.flow_log_id);
+            let entries: Vec<Quarantined<'_>> = unpublishable
+                .iter()
+                .map(|(i, field, problem, reason, record)| Quarantined {
+                    source: &source,
+                    index: *i as u64,
+                    field,
+                    problem: problem.clone(),
+                    record,
+                    reason,
+                })
+                .collect();
+            self.quarantine.put(&entries)?;
+        }
         let mut records = batch.records;
         records.clear();
         let _ = self.recycle_tx.try_send(records);

@@ -313,7 +313,7 @@ impl Stager {
                 let sid = self.next_sid;
                 self.next_sid += 1;
                 let late = self.settings.close_by_clock
-                    && stream.window_end + self.settings.grace_secs <= now;
+                    && stream.window_end.saturating_add(self.settings.grace_secs) <= now;
                 self.streams.entry(stream.clone()).or_insert(Stream {
                     sid,
                     worker: (sid % self.encoders.workers() as u64) as usize,
@@ -429,9 +429,9 @@ impl Stager {
             .iter()
             .filter(|(k, s)| {
                 if s.late {
-                    s.opened_at + grace <= now
+                    s.opened_at.saturating_add(grace) <= now
                 } else {
-                    k.window_end + grace <= now
+                    k.window_end.saturating_add(grace) <= now
                 }
             })
             .map(|(k, _)| k.clone())

@@ -1,15 +1,72 @@
 //! Agent authentication: bearer tokens from the tokens file.
 //!
-//! The file holds one `agent-id token` per line; blank lines and lines starting with `#`
-//! are ignored, as is a `# comment` after the token. Tokens are kept only as SHA-256
-//! digests and looked up by digest, so checking one takes the same time whatever part of
-//! it is right, and no token is ever logged or shown in an error.
+//! The file holds one `agent-id token [account=…] [region=…]` per line; blank lines and
+//! lines starting with `#` are ignored, as is a `# comment` at the end of a line. Tokens
+//! are kept only as SHA-256 digests and looked up by digest, so checking one takes the same
+//! time whatever part of it is right, and no token is ever logged or shown in an error.
+//!
+//! `account=` and `region=` say under which accounts and regions the agent's records may
+//! be published (comma-separated values, or `*` for any): a record names them in its own
+//! `account-id` and `region` fields, which pick its output folder. Without them, an agent
+//! may publish only under the aggregator's own `[flow_log] account_id` and `region`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use sha2::{Digest, Sha256};
+
+/// Shortest token accepted: 16 characters (e.g. `openssl rand -hex 16` gives 32).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Which values of one field (account or region) an agent may publish under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Allowed {
+    /// Only the aggregator's own `[flow_log]` value (no `account=`/`region=` on the line).
+    Own,
+    /// Any valid value (`*`).
+    Any,
+    /// These values.
+    Only(Vec<String>),
+}
+
+impl Allowed {
+    /// Whether `value` is allowed, given the aggregator's own value `own`.
+    pub fn allows(&self, value: &str, own: &str) -> bool {
+        match self {
+            Allowed::Own => value == own,
+            Allowed::Any => true,
+            Allowed::Only(values) => values.iter().any(|v| v == value),
+        }
+    }
+
+    /// What is allowed, for error messages.
+    pub fn describe(&self, own: &str, key: &str) -> String {
+        match self {
+            Allowed::Own => format!(
+                "only {own}, the aggregator's [flow_log] {key} (allow more with {}=… on the agent's tokens-file line)",
+                if key == "account_id" {
+                    "account"
+                } else {
+                    "region"
+                }
+            ),
+            Allowed::Any => "any".into(),
+            Allowed::Only(values) => values.join(", "),
+        }
+    }
+}
+
+/// An agent and what its token allows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The agent id the token belongs to.
+    pub agent: Arc<str>,
+    /// Accounts its records may be published under.
+    pub accounts: Allowed,
+    /// Regions its records may be published under.
+    pub regions: Allowed,
+}
 
 /// Longest agent id accepted.
 pub const MAX_AGENT_ID_LEN: usize = 255;
@@ -81,7 +138,23 @@ fn digest(token: &str) -> Digest32 {
 /// The agents and their tokens (as digests).
 #[derive(Debug, Default)]
 pub struct TokenTable {
-    by_digest: HashMap<Digest32, Arc<str>>,
+    by_digest: HashMap<Digest32, Arc<Grant>>,
+}
+
+/// Parses the `account=`/`region=` value of a line.
+fn allowed(
+    value: &str,
+    check: fn(&str) -> Result<(), flowlog_formats::key::KeyError>,
+) -> Result<Allowed, String> {
+    if value == "*" {
+        return Ok(Allowed::Any);
+    }
+    let mut values = Vec::new();
+    for v in value.split(',') {
+        check(v).map_err(|e| e.to_string())?;
+        values.push(v.to_owned());
+    }
+    Ok(Allowed::Only(values))
 }
 
 impl TokenTable {
@@ -99,7 +172,7 @@ impl TokenTable {
     /// reported; tokens never appear in the messages.
     pub fn parse(text: &str, path: &str) -> Result<TokenTable, TokensError> {
         let mut lines = Vec::new();
-        let mut by_digest: HashMap<Digest32, Arc<str>> = HashMap::new();
+        let mut by_digest: HashMap<Digest32, Arc<Grant>> = HashMap::new();
         let mut agent_line: HashMap<String, usize> = HashMap::new();
         let mut digest_line: HashMap<Digest32, (usize, String)> = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
@@ -108,24 +181,17 @@ impl TokenTable {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut fields = line.split_whitespace();
+            let mut fields = line.split_whitespace().take_while(|f| !f.starts_with('#'));
             let (Some(agent), token) = (fields.next(), fields.next()) else {
                 continue;
             };
-            let rest_is_comment = fields.next().is_none_or(|f| f.starts_with('#'));
-            let Some(token) = token.filter(|t| !t.starts_with('#')) else {
+            let Some(token) = token else {
                 lines.push(format!(
                     "line {n}: agent '{}' has no token (expected \"agent-id token\")",
                     agent.escape_debug()
                 ));
                 continue;
             };
-            if !rest_is_comment {
-                lines.push(format!(
-                    "line {n}: expected \"agent-id token\" (two fields, then an optional # comment)"
-                ));
-                continue;
-            }
             if let Err(e) = validate_agent_id(agent) {
                 lines.push(format!("line {n}: {e}"));
                 continue;
@@ -134,6 +200,37 @@ impl TokenTable {
                 lines.push(format!(
                     "line {n}: the token of '{agent}' holds characters other than printable ASCII"
                 ));
+                continue;
+            }
+            if token.len() < MIN_TOKEN_LEN {
+                lines.push(format!(
+                    "line {n}: the token of '{agent}' is {} characters long; at least {MIN_TOKEN_LEN} are required (e.g. openssl rand -hex 16)",
+                    token.len()
+                ));
+                continue;
+            }
+            let mut accounts = Allowed::Own;
+            let mut regions = Allowed::Own;
+            let mut bad = false;
+            for option in fields {
+                let parsed = match option.split_once('=') {
+                    Some(("account", v)) => {
+                        allowed(v, flowlog_formats::key::validate_account_id).map(|a| accounts = a)
+                    }
+                    Some(("region", v)) => {
+                        allowed(v, flowlog_formats::key::validate_region).map(|r| regions = r)
+                    }
+                    _ => Err(format!(
+                        "'{}' is not account=… or region=… (expected \"agent-id token [account=ID,…|*] [region=NAME,…|*]\")",
+                        option.escape_debug()
+                    )),
+                };
+                if let Err(e) = parsed {
+                    lines.push(format!("line {n}: agent '{agent}': {e}"));
+                    bad = true;
+                }
+            }
+            if bad {
                 continue;
             }
             if let Some(first) = agent_line.get(agent) {
@@ -151,7 +248,14 @@ impl TokenTable {
             }
             agent_line.insert(agent.to_owned(), n);
             digest_line.insert(d, (n, agent.to_owned()));
-            by_digest.insert(d, Arc::from(agent));
+            by_digest.insert(
+                d,
+                Arc::new(Grant {
+                    agent: Arc::from(agent),
+                    accounts,
+                    regions,
+                }),
+            );
         }
         if lines.is_empty() {
             Ok(TokenTable { by_digest })
@@ -173,7 +277,7 @@ impl TokenTable {
         self.by_digest.is_empty()
     }
 
-    fn agent_of(&self, token: &str) -> Option<&Arc<str>> {
+    fn grant_of(&self, token: &str) -> Option<&Arc<Grant>> {
         self.by_digest.get(&digest(token))
     }
 }
@@ -264,16 +368,19 @@ impl Authenticator {
 
     /// Checks the `authorization` metadata of a call made as `agent_id`.
     pub fn check(&self, authorization: Option<&[u8]>, agent_id: &str) -> Result<(), AuthFailure> {
-        let owner = self.identify(authorization)?;
-        if *owner == *agent_id {
+        let grant = self.identify(authorization)?;
+        if *grant.agent == *agent_id {
             Ok(())
         } else {
-            Err(AuthFailure::AgentMismatch { token_agent: owner })
+            Err(AuthFailure::AgentMismatch {
+                token_agent: Arc::clone(&grant.agent),
+            })
         }
     }
 
-    /// Returns the agent the token in the `authorization` metadata belongs to.
-    pub fn identify(&self, authorization: Option<&[u8]>) -> Result<Arc<str>, AuthFailure> {
+    /// Returns the agent the token in the `authorization` metadata belongs to, and what it
+    /// may publish.
+    pub fn identify(&self, authorization: Option<&[u8]>) -> Result<Arc<Grant>, AuthFailure> {
         let header = authorization.ok_or(AuthFailure::Missing)?;
         let header = std::str::from_utf8(header).map_err(|_| AuthFailure::Malformed)?;
         let (scheme, token) = header
@@ -285,7 +392,7 @@ impl Authenticator {
             return Err(AuthFailure::Malformed);
         }
         self.current()
-            .agent_of(token)
+            .grant_of(token)
             .map(Arc::clone)
             .ok_or(AuthFailure::Unknown)
     }
@@ -295,24 +402,23 @@ impl Authenticator {
 mod tests {
     use super::*;
 
-    const FILE: &str =
-        "# fleet\n\nweb-1 token-of-web-1\n  db.example.com   token-of-db # the database\n";
+    const FILE: &str = "# fleet\n\nweb-1 token-of-web-1.long\n  db.example.com   token-of-db.longer # the database\n";
 
     #[test]
     fn parses_lines_and_comments() {
         let t = TokenTable::parse(FILE, "tokens").unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(
-            t.agent_of("token-of-db").map(|a| &**a),
+            t.grant_of("token-of-db.longer").map(|g| &*g.agent),
             Some("db.example.com")
         );
-        assert!(t.agent_of("token-of-nobody").is_none());
+        assert!(t.grant_of("token-of-nobody").is_none());
         assert!(TokenTable::parse("", "tokens").unwrap().is_empty());
     }
 
     #[test]
     fn every_bad_line_is_named_and_no_token_is_shown() {
-        let text = "a secret-a\na secret-b\nb\nc secret-a\nd secret-d extra\nbad/id secret-e\ne s\u{e9}cret\n";
+        let text = "a secret-a-0123456789\na secret-b-0123456789\nb\nc secret-a-0123456789\nd secret-d-0123456789 extra\nbad/id secret-e-0123456789\ne s\u{e9}cret-0123456789\nf secret\ng secret-g-0123456789 account=12 region=*\n";
         let e = TokenTable::parse(text, "tokens").unwrap_err();
         let problems = e.problems();
         assert_eq!(
@@ -321,9 +427,11 @@ mod tests {
                 "tokens line 2: agent 'a' is already listed on line 1",
                 "tokens line 3: agent 'b' has no token (expected \"agent-id token\")",
                 "tokens line 4: agent 'c' has the same token as 'a' on line 1; every agent needs its own token",
-                "tokens line 5: expected \"agent-id token\" (two fields, then an optional # comment)",
+                "tokens line 5: agent 'd': 'extra' is not account=… or region=… (expected \"agent-id token [account=ID,…|*] [region=NAME,…|*]\")",
                 "tokens line 6: the agent id 'bad/id' holds '/'; use letters, digits, '.', '-', '_', ':' or '@'",
                 "tokens line 7: the token of 'e' holds characters other than printable ASCII",
+                "tokens line 8: the token of 'f' is 6 characters long; at least 16 are required (e.g. openssl rand -hex 16)",
+                "tokens line 9: agent 'g': account id '12' must be exactly 12 digits",
             ]
         );
         let shown = e.to_string();
@@ -337,21 +445,46 @@ mod tests {
     }
 
     #[test]
+    fn token_lines_grant_accounts_and_regions() {
+        let text = "web-1 token-of-web-1.long\n\
+                    db-1 token-of-db-1.long account=123456789012,210987654321 region=* # two accounts\n";
+        let t = TokenTable::parse(text, "tokens").unwrap();
+        let web = t.grant_of("token-of-web-1.long").unwrap();
+        assert_eq!(
+            (&web.accounts, &web.regions),
+            (&Allowed::Own, &Allowed::Own)
+        );
+        assert!(web.accounts.allows("111111111111", "111111111111"));
+        assert!(!web.accounts.allows("210987654321", "111111111111"));
+        let db = t.grant_of("token-of-db-1.long").unwrap();
+        assert_eq!(db.regions, Allowed::Any);
+        assert!(db.accounts.allows("210987654321", "111111111111"));
+        assert!(!db.accounts.allows("111111111111", "111111111111"));
+        assert!(db.regions.allows("eu-west-1", "us-east-1"));
+    }
+
+    #[test]
     fn check_and_reload() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens");
         std::fs::write(&path, FILE).unwrap();
         let auth = Authenticator::load(&path).unwrap();
         let bearer = |t: &str| format!("Bearer {t}").into_bytes();
-        assert_eq!(auth.check(Some(&bearer("token-of-web-1")), "web-1"), Ok(()));
-        assert_eq!(auth.check(Some(b"bearer token-of-web-1"), "web-1"), Ok(()));
+        assert_eq!(
+            auth.check(Some(&bearer("token-of-web-1.long")), "web-1"),
+            Ok(())
+        );
+        assert_eq!(
+            auth.check(Some(b"bearer token-of-web-1.long"), "web-1"),
+            Ok(())
+        );
         assert_eq!(auth.check(None, "web-1"), Err(AuthFailure::Missing));
         assert_eq!(
             auth.check(Some(b"Basic dXNlcjpwdw=="), "web-1"),
             Err(AuthFailure::Malformed)
         );
         assert_eq!(
-            auth.check(Some(b"token-of-web-1"), "web-1"),
+            auth.check(Some(b"token-of-web-1.long"), "web-1"),
             Err(AuthFailure::Malformed)
         );
         assert_eq!(
@@ -359,7 +492,7 @@ mod tests {
             Err(AuthFailure::Unknown)
         );
         let e = auth
-            .check(Some(&bearer("token-of-db")), "web-1")
+            .check(Some(&bearer("token-of-db.longer")), "web-1")
             .unwrap_err();
         assert_eq!(e.reason(), "agent_mismatch");
         assert_eq!(e.status("web-1").code(), tonic::Code::PermissionDenied);
@@ -368,17 +501,23 @@ mod tests {
             tonic::Code::Unauthenticated
         );
 
-        std::fs::write(&path, "web-1 new-token\n").unwrap();
+        std::fs::write(&path, "web-1 new-token-0123456789\n").unwrap();
         assert_eq!(auth.reload().unwrap(), 1);
-        assert_eq!(auth.check(Some(&bearer("new-token")), "web-1"), Ok(()));
         assert_eq!(
-            auth.check(Some(&bearer("token-of-web-1")), "web-1"),
+            auth.check(Some(&bearer("new-token-0123456789")), "web-1"),
+            Ok(())
+        );
+        assert_eq!(
+            auth.check(Some(&bearer("token-of-web-1.long")), "web-1"),
             Err(AuthFailure::Unknown)
         );
         // A bad file keeps the tokens in force.
         std::fs::write(&path, "web-1\n").unwrap();
         assert!(auth.reload().unwrap_err().to_string().contains("line 1"));
-        assert_eq!(auth.check(Some(&bearer("new-token")), "web-1"), Ok(()));
+        assert_eq!(
+            auth.check(Some(&bearer("new-token-0123456789")), "web-1"),
+            Ok(())
+        );
         assert_eq!(auth.agents(), 1);
     }
 

@@ -34,16 +34,21 @@ pub struct RawPush {
 }
 
 /// Decodes [`RawPush`]es, encodes [`PushReply`]s.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PushCodec;
+#[derive(Debug, Clone, Copy)]
+pub struct PushCodec {
+    /// Most records a push may hold (`listen.max_batch_records`).
+    pub max_records: usize,
+}
 
 /// Encoder of [`PushCodec`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ReplyEncoder;
 
 /// Decoder of [`PushCodec`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PushDecoder;
+#[derive(Debug, Clone, Copy)]
+pub struct PushDecoder {
+    max_records: usize,
+}
 
 impl Encoder for ReplyEncoder {
     type Item = PushReply;
@@ -62,6 +67,16 @@ impl Decoder for PushDecoder {
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<RawPush>, Status> {
         // Splits the message off tonic's buffer without copying it.
         let bytes = buf.copy_to_bytes(buf.remaining());
+        // Counted on the wire first: an empty record is 2 bytes there and hundreds decoded.
+        let records = flowlog_transport::count_push_records(&bytes).map_err(|e| {
+            Status::invalid_argument(format!("the message is not a valid PushRequest: {e}"))
+        })?;
+        if records > self.max_records {
+            return Err(Status::invalid_argument(format!(
+                "the batch holds {records} records; listen.max_batch_records allows at most {}",
+                self.max_records
+            )));
+        }
         let request = PushRequest::decode(bytes.clone()).map_err(|e| {
             Status::invalid_argument(format!("the message is not a valid PushRequest: {e}"))
         })?;
@@ -80,7 +95,9 @@ impl Codec for PushCodec {
     }
 
     fn decoder(&mut self) -> PushDecoder {
-        PushDecoder
+        PushDecoder {
+            max_records: self.max_records,
+        }
     }
 }
 
@@ -90,18 +107,21 @@ impl Codec for PushCodec {
 pub struct IngestRoute {
     inner: Arc<IngestService>,
     max_message_bytes: usize,
+    max_records: usize,
     compression: EnabledCompressionEncodings,
 }
 
 impl IngestRoute {
-    /// Serves `inner`, refusing messages larger than `max_message_bytes` once decompressed.
-    pub fn new(inner: IngestService, max_message_bytes: usize) -> IngestRoute {
+    /// Serves `inner`, refusing messages larger than `max_message_bytes` once decompressed
+    /// and pushes of more than `max_records` records (before decoding them).
+    pub fn new(inner: IngestService, max_message_bytes: usize, max_records: usize) -> IngestRoute {
         let mut compression = EnabledCompressionEncodings::default();
         compression.enable(CompressionEncoding::Zstd);
         compression.enable(CompressionEncoding::Gzip);
         IngestRoute {
             inner: Arc::new(inner),
             max_message_bytes,
+            max_records,
             compression,
         }
     }
@@ -147,8 +167,11 @@ impl Service<Request<Body>> for IngestRoute {
         let method = PushMethod(Arc::clone(&self.inner));
         let compression = self.compression;
         let max = self.max_message_bytes;
+        let codec = PushCodec {
+            max_records: self.max_records,
+        };
         Box::pin(async move {
-            let mut grpc = Grpc::new(PushCodec)
+            let mut grpc = Grpc::new(codec)
                 .apply_compression_config(compression, compression)
                 .apply_max_message_size_config(Some(max), None);
             Ok(grpc.unary(method, request).await)

@@ -2,13 +2,16 @@
 //! them to its WAL, acks, and publishes them like any other input.
 //!
 //! ```text
-//! TLS ─▶ guard (call slots, size limit) ─▶ auth (token ↔ agent_id) ─▶ room (pending records)
-//!   ─▶ decode ─▶ pipeline: dedupe + WAL append, one fsync per group ─▶ ack ─▶ windows ─▶ sink
+//! connection cap ─▶ TLS ─▶ guard (token from headers, calls per agent, size prefix, call
+//!   slots, body deadline) ─▶ count records ─▶ decode ─▶ token ↔ agent_id, accounts/regions
+//!   ─▶ quarantine unpublishable records ─▶ room (pending records)
+//!   ─▶ pipeline: dedupe + WAL append, one fsync per group ─▶ ack ─▶ windows ─▶ sink
 //! ```
 //!
 //! - [`auth`]: the tokens file and bearer-token checks (reloaded on SIGHUP);
 //! - [`tls`]: the server identity and the optional client CA (mTLS);
-//! - [`guard`]: call slots and the answer to oversized messages;
+//! - [`limits`]: the connection cap and rate-limited logging of refusals;
+//! - [`guard`]: authentication from the headers, per-agent calls, call slots, body deadline;
 //! - [`codec`]: the gRPC service, keeping each message's bytes for the WAL;
 //! - [`service`]: what a push goes through.
 //!
@@ -17,6 +20,7 @@
 pub mod auth;
 pub mod codec;
 pub mod guard;
+pub mod limits;
 pub mod service;
 pub mod tls;
 
@@ -28,16 +32,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use self::auth::{Authenticator, TokensError};
 use self::codec::IngestRoute;
-use self::guard::Guard;
-use self::service::IngestService;
+use self::guard::{Guard, GuardLimits};
+use self::limits::{CappedIncoming, LogLimiter};
+use self::service::{IngestService, ServiceLimits};
 use crate::config::{ListenSettings, Problem, Settings};
 use crate::pipeline::{Pipeline, PipelineError, PipelineStats};
 use crate::sink::ConnectError;
 use crate::telemetry::{self, Health, Metrics, TelemetryError};
+
+/// Largest header block of a call: read before authentication, so kept small.
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// How often the HTTP/2 connection of an idle agent is pinged.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -173,26 +180,46 @@ fn serve_until_stopped(
     let failed = CancellationToken::new();
     let pending = Arc::new(Semaphore::new(listen.max_pending_records as usize));
     let calls = Arc::new(Semaphore::new(listen.max_concurrent_pushes));
+    let log = Arc::new(LogLimiter::default());
     let service = IngestService::new(
-        Arc::clone(auth),
         pipeline.deliverer()?,
         settings.flow_log.clone(),
         Arc::clone(&pending),
-        listen.max_pending_records,
-        listen.push_timeout,
+        ServiceLimits {
+            max_pending: listen.max_pending_records,
+            push_timeout: listen.push_timeout,
+            max_record_age: listen.max_record_age,
+            max_record_ahead: listen.max_record_ahead,
+        },
         Arc::clone(metrics),
         failed.clone(),
+        pipeline.quarantine(),
+        Arc::clone(&log),
     );
-    let ingest = IngestRoute::new(service, listen.max_batch_bytes);
+    let ingest = IngestRoute::new(
+        service,
+        listen.max_batch_bytes,
+        listen.max_batch_records as usize,
+    );
     let guarded = Guard::new(
         ingest,
+        Arc::clone(auth),
         Arc::clone(&calls),
-        listen.push_timeout,
-        listen.max_batch_bytes,
+        GuardLimits {
+            push_timeout: listen.push_timeout,
+            body_timeout: listen.body_timeout,
+            max_batch_bytes: listen.max_batch_bytes,
+            max_calls_per_agent: listen.max_calls_per_agent,
+        },
         Arc::clone(metrics),
+        Arc::clone(&log),
     );
     let mut builder = Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(listen.max_calls_per_connection)
+        // Headers are read before authentication: keep them small (agents send a few
+        // hundred bytes).
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let secure = tls.is_some();
@@ -202,7 +229,12 @@ fn serve_until_stopped(
     let router = builder.add_service(guarded);
 
     let stop = CancellationToken::new();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = CappedIncoming::new(
+        listener,
+        listen.max_connections,
+        Arc::clone(metrics),
+        Arc::clone(&log),
+    );
     let mut server = runtime
         .spawn(router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned()));
     runtime.spawn(reload_on_sighup(Arc::clone(auth), stop.clone()));

@@ -1,37 +1,60 @@
-//! The `Ingest` gRPC service: authenticate, check, decode, hand to the pipeline, answer
-//! once the batch is in the WAL.
+//! The `Ingest` gRPC service: the caller (authenticated by the guard from the headers)
+//! must match the batch's agent id; the batch is decoded, checked against the caller's
+//! token line (accounts, regions), its unpublishable records quarantined, and the rest
+//! handed to the pipeline; the answer comes once the batch is in the WAL.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flowlog_transport::pb::PushReply;
-use flowlog_transport::{AUTHORIZATION, decode_batch_into};
+use bytes::Bytes;
+use flowlog_formats::FlowRecord;
+use flowlog_formats::key::{validate_account_id, validate_region};
+use flowlog_transport::pb::{PushReply, PushRequest};
+use flowlog_transport::{decode_batch_into, encode_batch};
+use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use super::auth::{AuthFailure, Authenticator, validate_agent_id};
+use super::auth::{AuthFailure, Grant, validate_agent_id};
 use super::codec::RawPush;
-use super::guard::Deadline;
+use super::guard::{Caller, Deadline};
+use super::limits::LogLimiter;
 use crate::config::FlowLogSettings;
 use crate::pipeline::batch::{DeliveryMark, WalBatch};
+use crate::pipeline::window::check_publishable;
 use crate::pipeline::{Deliverer, Delivery};
+use crate::quarantine::{Quarantine, Quarantined, REASON_OUT_OF_RANGE, REASON_TIME_WINDOW};
 use crate::telemetry::{
     INGEST_ACCEPTED, INGEST_BUSY, INGEST_DUPLICATE, INGEST_FAILED, INGEST_INVALID, Metrics,
+    REFUSED_IDENTITY,
 };
+
+/// The limits the service applies to a decoded push.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceLimits {
+    /// Records accepted but not yet in the WAL, at most.
+    pub max_pending: u32,
+    /// How long a push may wait for room.
+    pub push_timeout: Duration,
+    /// Records whose times lie further back are quarantined.
+    pub max_record_age: Duration,
+    /// Records whose times lie further ahead are quarantined.
+    pub max_record_ahead: Duration,
+}
 
 /// The `Ingest` service of `serve`.
 #[derive(Debug)]
 pub struct IngestService {
-    auth: Arc<Authenticator>,
     deliverer: Deliverer,
     flow_log: FlowLogSettings,
     pending: Arc<Semaphore>,
-    max_pending: u32,
-    push_timeout: Duration,
+    limits: ServiceLimits,
     metrics: Arc<Metrics>,
     failed: CancellationToken,
+    quarantine: Arc<Quarantine>,
+    log: Arc<LogLimiter>,
 }
 
 /// Records of a push counted in `flowlog_ingest_pending_records` until it is answered.
@@ -52,35 +75,107 @@ fn peer_text(peer: Option<SocketAddr>) -> String {
 }
 
 impl IngestService {
-    /// Creates the service. `pending` holds `max_pending` permits, one per record accepted
-    /// but not yet in the WAL; `failed` is cancelled when the pipeline is found stopped.
+    /// Creates the service. `pending` holds `limits.max_pending` permits, one per record
+    /// accepted but not yet in the WAL; `failed` is cancelled when the pipeline is found
+    /// stopped.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        auth: Arc<Authenticator>,
         deliverer: Deliverer,
         flow_log: FlowLogSettings,
         pending: Arc<Semaphore>,
-        max_pending: u32,
-        push_timeout: Duration,
+        limits: ServiceLimits,
         metrics: Arc<Metrics>,
         failed: CancellationToken,
+        quarantine: Arc<Quarantine>,
+        log: Arc<LogLimiter>,
     ) -> IngestService {
         IngestService {
-            auth,
             deliverer,
             flow_log,
             pending,
-            max_pending,
-            push_timeout,
+            limits,
             metrics,
             failed,
+            quarantine,
+            log,
         }
     }
 
     fn invalid(&self, peer: &str, agent_id: &str, started: Instant, message: String) -> Status {
-        tracing::warn!(peer = %peer, agent_id, error = %message, "refused an invalid push");
+        if let Some(suppressed) = self.log.allow("invalid") {
+            tracing::warn!(peer = %peer, agent_id, error = %message, suppressed, "refused an invalid push");
+        }
         self.metrics.observe_push(INGEST_INVALID, started.elapsed());
         Status::invalid_argument(message)
+    }
+
+    /// Checks every record against what the caller's token line allows: the account and
+    /// region a record names pick its output folder.
+    fn check_identity(&self, grant: &Grant, records: &[FlowRecord]) -> Result<(), String> {
+        for (i, r) in records.iter().enumerate() {
+            if let Some(a) = r.account_id.as_deref()
+                && validate_account_id(a).is_ok()
+                && !grant.accounts.allows(a, &self.flow_log.account_id)
+            {
+                return Err(format!(
+                    "record {i}, field 'account-id': agent '{}' may not publish under account {a} (allowed: {})",
+                    grant.agent,
+                    grant
+                        .accounts
+                        .describe(&self.flow_log.account_id, "account_id")
+                ));
+            }
+            if let Some(region) = r.region.as_deref()
+                && validate_region(region).is_ok()
+                && !grant.regions.allows(region, &self.flow_log.region)
+            {
+                return Err(format!(
+                    "record {i}, field 'region': agent '{}' may not publish under region {region} (allowed: {})",
+                    grant.agent,
+                    grant.regions.describe(&self.flow_log.region, "region")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the indexes of the records that cannot be published, with the field, the
+    /// problem and the `reason` label.
+    fn unpublishable(
+        &self,
+        records: &[FlowRecord],
+    ) -> Vec<(usize, &'static str, String, &'static str)> {
+        let now = crate::pipeline::unix_now();
+        let age = self.limits.max_record_age.as_secs();
+        let ahead = self.limits.max_record_ahead.as_secs();
+        let oldest = now.saturating_sub(age);
+        let newest = now.saturating_add(ahead);
+        let mut bad = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            if let Err((field, problem)) = check_publishable(r) {
+                bad.push((i, field, problem, REASON_OUT_OF_RANGE));
+                continue;
+            }
+            for (field, value) in [("start", r.start), ("end", r.end)] {
+                let Some(t) = value else { continue };
+                let problem = if t < oldest {
+                    format!(
+                        "{t} is {} s before the aggregator's clock (listen.max_record_age allows {age} s)",
+                        now - t
+                    )
+                } else if t > newest {
+                    format!(
+                        "{t} is {} s ahead of the aggregator's clock (listen.max_record_ahead allows {ahead} s)",
+                        t - now
+                    )
+                } else {
+                    continue;
+                };
+                bad.push((i, field, problem, REASON_TIME_WINDOW));
+                break;
+            }
+        }
+        bad
     }
 
     /// Waits for room for `records` records until `deadline`.
@@ -101,7 +196,7 @@ impl IngestService {
             )),
             Err(_elapsed) => Err(Status::unavailable(format!(
                 "aggregator busy: no room for {records} records within {}; nothing was written, retry later",
-                humantime::format_duration(self.push_timeout)
+                humantime::format_duration(self.limits.push_timeout)
             ))),
         }
     }
@@ -114,12 +209,12 @@ impl IngestService {
         let deadline = request
             .extensions()
             .get::<Deadline>()
-            .map_or_else(|| started + self.push_timeout, |d| d.0);
+            .map_or_else(|| started + self.limits.push_timeout, |d| d.0);
         let peer = peer_text(request.remote_addr());
-        let authorization = request
-            .metadata()
-            .get(AUTHORIZATION)
-            .map(|v| v.as_bytes().to_vec());
+        // The guard authenticated the caller from the headers; without it, nothing passes.
+        let Some(Caller(grant)) = request.extensions().get::<Caller>().cloned() else {
+            return Err(Status::unauthenticated("the call was not authenticated"));
+        };
         let RawPush {
             bytes: message,
             request: mut push,
@@ -127,40 +222,26 @@ impl IngestService {
         let agent_id = push.agent_id.as_str();
 
         // Who calls first (an unauthenticated caller learns nothing), then what it says.
-        let checked = self
-            .auth
-            .identify(authorization.as_deref())
-            .and_then(|owner| {
-                if let Err(e) = validate_agent_id(agent_id) {
-                    return Ok(Err(e));
-                }
-                if *owner == *agent_id {
-                    Ok(Ok(()))
-                } else {
-                    Err(AuthFailure::AgentMismatch { token_agent: owner })
-                }
-            });
-        match checked {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let shown = agent_id.escape_debug().to_string();
-                return Err(self.invalid(&peer, &shown, started, e));
-            }
-            Err(failure) => {
-                let token_agent = match &failure {
-                    AuthFailure::AgentMismatch { token_agent } => Some(&**token_agent),
-                    _ => None,
-                };
+        if let Err(e) = validate_agent_id(agent_id) {
+            let shown = agent_id.escape_debug().to_string();
+            return Err(self.invalid(&peer, &shown, started, e));
+        }
+        if *grant.agent != *agent_id {
+            let failure = AuthFailure::AgentMismatch {
+                token_agent: Arc::clone(&grant.agent),
+            };
+            if let Some(suppressed) = self.log.allow(failure.reason()) {
                 tracing::warn!(
                     peer = %peer,
                     agent_id = %agent_id.escape_debug(),
                     reason = failure.reason(),
-                    token_agent,
+                    token_agent = %grant.agent,
+                    suppressed,
                     "refused a push"
                 );
-                self.metrics.observe_auth_failure(failure.reason());
-                return Err(failure.status(agent_id));
             }
+            self.metrics.observe_auth_failure(failure.reason());
+            return Err(failure.status(agent_id));
         }
         if push.seq == 0 {
             return Err(self.invalid(
@@ -184,7 +265,7 @@ impl IngestService {
         let batch = push.batch.take().unwrap_or_default();
         let count = batch.records.len();
         let records = match u32::try_from(count) {
-            Ok(n) if n <= self.max_pending => n,
+            Ok(n) if n <= self.limits.max_pending => n,
             _ => {
                 return Err(self.invalid(
                     &peer,
@@ -192,7 +273,7 @@ impl IngestService {
                     started,
                     format!(
                         "the batch holds {count} records; listen.max_pending_records allows at most {}",
-                        self.max_pending
+                        self.limits.max_pending
                     ),
                 ));
             }
@@ -211,6 +292,64 @@ impl IngestService {
             return Err(self.invalid(&peer, agent_id, started, e.to_string()));
         }
         drop(batch);
+        if let Err(message) = self.check_identity(&grant, &buffer) {
+            self.metrics.observe_refused(REFUSED_IDENTITY);
+            self.metrics.observe_push(INGEST_INVALID, started.elapsed());
+            if let Some(suppressed) = self.log.allow(REFUSED_IDENTITY) {
+                tracing::warn!(peer = %peer, agent_id, seq = push.seq, error = %message, suppressed, "refused a push");
+            }
+            return Err(Status::permission_denied(message));
+        }
+        let bad = self.unpublishable(&buffer);
+        let message = if bad.is_empty() {
+            message
+        } else {
+            let source = format!(
+                "agent {agent_id} spool {:016x} seq {}",
+                push.spool_id, push.seq
+            );
+            let entries: Vec<Quarantined<'_>> = bad
+                .iter()
+                .map(|(i, field, problem, reason)| Quarantined {
+                    source: &source,
+                    index: *i as u64,
+                    field,
+                    problem: problem.clone(),
+                    record: &buffer[*i],
+                    reason,
+                })
+                .collect();
+            if let Err(e) = self.quarantine.put(&entries) {
+                tracing::error!(error = %e, agent_id, seq = push.seq, "cannot quarantine records; refusing the push");
+                self.metrics.observe_push(INGEST_BUSY, started.elapsed());
+                return Err(Status::unavailable(format!(
+                    "the aggregator cannot set aside {} unpublishable records: {e}; nothing was written, retry later",
+                    bad.len()
+                )));
+            }
+            // The WAL keeps what is published: the message is written again without them.
+            let mut index = 0;
+            let mut next_bad = bad.iter().map(|b| b.0).peekable();
+            buffer.retain(|_| {
+                let keep = next_bad.peek() != Some(&index);
+                if !keep {
+                    next_bad.next();
+                }
+                index += 1;
+                keep
+            });
+            Bytes::from(
+                PushRequest {
+                    agent_id: push.agent_id.clone(),
+                    spool_id: push.spool_id,
+                    seq: push.seq,
+                    acked_below: push.acked_below,
+                    batch: Some(encode_batch(&buffer)),
+                }
+                .encode_to_vec(),
+            )
+        };
+        let kept = buffer.len() as u64;
         let mark = DeliveryMark {
             agent_id: push.agent_id.clone(),
             spool_id: push.spool_id,
@@ -263,7 +402,7 @@ impl IngestService {
                 "duplicate push acked"
             );
         } else {
-            self.metrics.ingest_records.inc_by(u64::from(records));
+            self.metrics.ingest_records.inc_by(kept);
             self.metrics
                 .observe_push(INGEST_ACCEPTED, started.elapsed());
         }

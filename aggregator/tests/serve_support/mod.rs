@@ -63,7 +63,7 @@ impl Env {
                 "[flow_log]\nid = \"fl-0123456789abcdef0\"\naccount_id = \"123456789012\"\nregion = \"eu-west-3\"\n\n\
                  [sink]\ntype = \"local\"\npath = \"{}\"\n\n[state]\ndir = \"{}\"\nwriter_id = \"test-writer\"\nwal_segment_bytes = \"1MiB\"\n\n\
                  [service]\nshutdown_grace = \"20s\"\nlog_level = \"info\"\n\n\
-                 [listen]\naddress = \"127.0.0.1:0\"\ntokens_file = \"{}\"\n{}\n",
+                 [listen]\naddress = \"127.0.0.1:0\"\ntokens_file = \"{}\"\n# Test records are of 2024.\nmax_record_age = \"3650d\"\n{}\n",
                 out.display(),
                 state.display(),
                 tokens.display(),
