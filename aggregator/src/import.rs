@@ -12,16 +12,18 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use flowlog_formats::LogFormat;
 use flowlog_formats::input::InputError;
 use flowlog_formats::key::parse_key;
+use flowlog_formats::{FlowRecord, LogFormat};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 use crate::convert::{Input, flow_log_stem};
 use crate::pipeline::batch::{ImportMark, WalBatch};
+use crate::pipeline::window::check_publishable;
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::quarantine::{Quarantined, REASON_OUT_OF_RANGE};
 
 /// Records per WAL entry during an import.
 pub const IMPORT_BATCH_RECORDS: usize = 16_384;
@@ -42,6 +44,9 @@ pub struct ImportSummary {
     pub records_resumed: u64,
     /// Malformed lines or rows left out.
     pub bad_records: u64,
+    /// Records that parse but cannot be published (a time after year 9999, `start` after
+    /// `end`, a counter above `bigint`), set aside under the state directory's `quarantine/`.
+    pub quarantined: u64,
     /// Bytes of input read.
     pub input_bytes: u64,
     /// True if the run was interrupted (SIGINT/SIGTERM) before the end of its inputs.
@@ -167,6 +172,26 @@ pub fn import(
         };
         let mut consumed = 0u64;
         let mut batch = new_batch(0, false);
+        let quarantine = pipeline.quarantine();
+        let source_name = format!("import {name}");
+        // Set aside before the batch they were read with is submitted.
+        let mut unpublishable: Vec<(u64, &'static str, String, FlowRecord)> = Vec::new();
+        let set_aside = |unpublishable: &mut Vec<(u64, &'static str, String, FlowRecord)>| {
+            let entries: Vec<Quarantined<'_>> = unpublishable
+                .iter()
+                .map(|(i, field, problem, record)| Quarantined {
+                    source: &source_name,
+                    index: *i,
+                    field,
+                    problem: problem.clone(),
+                    record,
+                    reason: REASON_OUT_OF_RANGE,
+                })
+                .collect();
+            let result = quarantine.put(&entries);
+            unpublishable.clear();
+            result.map_err(PipelineError::from)
+        };
         let mut interrupted = false;
         for item in source {
             consumed += 1;
@@ -175,7 +200,13 @@ pub fn import(
                 continue;
             }
             match item {
-                Ok(record) => batch.records.push(record),
+                Ok(record) => match check_publishable(&record) {
+                    Ok(()) => batch.records.push(record),
+                    Err((field, problem)) => {
+                        summary.quarantined += 1;
+                        unpublishable.push((consumed - 1, field, problem, record));
+                    }
+                },
                 Err(e) if e.is_record_error() => {
                     summary.bad_records += 1;
                     if summary.bad_records <= LOGGED_BAD_LINES {
@@ -189,7 +220,10 @@ pub fn import(
                     });
                 }
             }
-            if batch.records.len() >= IMPORT_BATCH_RECORDS {
+            if batch.records.len() >= IMPORT_BATCH_RECORDS
+                || unpublishable.len() >= IMPORT_BATCH_RECORDS
+            {
+                set_aside(&mut unpublishable)?;
                 summary.records += batch.records.len() as u64;
                 let full = std::mem::replace(&mut batch, new_batch(0, false));
                 pipeline.submit(WalBatch {
@@ -208,6 +242,7 @@ pub fn import(
                 }
             }
         }
+        set_aside(&mut unpublishable)?;
         summary.records += batch.records.len() as u64;
         pipeline.submit(WalBatch {
             import: Some(ImportMark {

@@ -453,7 +453,7 @@ fn import_main(
     runtime.shutdown_timeout(Duration::from_secs(1));
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "imported {} records from {} input(s) in {:.1}s ({:.0} records/s); {} already imported, {} records resumed, {} malformed skipped",
+        "imported {} records from {} input(s) in {:.1}s ({:.0} records/s); {} already imported, {} records resumed, {} malformed skipped, {} unpublishable quarantined{}",
         summary.records,
         summary.inputs_read,
         secs,
@@ -461,6 +461,19 @@ fn import_main(
         summary.inputs_already_done,
         summary.records_resumed,
         summary.bad_records,
+        summary.quarantined,
+        if summary.quarantined > 0 {
+            format!(
+                " (in {})",
+                settings
+                    .state
+                    .dir
+                    .join(flowlog_aggregator::quarantine::DIR)
+                    .display()
+            )
+        } else {
+            String::new()
+        },
     );
     eprintln!(
         "published {} file(s), {} records, {} bytes to {}{}",

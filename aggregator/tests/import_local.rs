@@ -302,3 +302,61 @@ fn sigterm_seals_uploads_and_exits_within_the_grace_then_resumes() {
         expected_lines(&recs, &LogFormat::aws_default())
     );
 }
+
+#[test]
+fn unpublishable_records_are_quarantined_and_the_rest_is_published() {
+    let s = Setup::local("");
+    let mut recs = records(10, 1, &[A], false, 5);
+    // Year 10000 (no key can name it), start after end, packets above bigint.
+    recs[2].end = Some(253_402_300_800);
+    recs[5].start = recs[5].end.map(|e| e + 1);
+    recs[7].packets = Some(1 << 63);
+    let input = s.input("mixed.log");
+    write_text(&input, &LogFormat::aws_default(), &recs);
+    // The writer caps counters at the bigint maximum; the input says one more.
+    let text = std::fs::read_to_string(&input).unwrap();
+    std::fs::write(
+        &input,
+        text.replace(" 9223372036854775807 ", " 9223372036854775808 "),
+    )
+    .unwrap();
+    let out = s.import(&[&input]);
+    assert_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let good: Vec<_> = recs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![2, 5, 7].contains(i))
+        .map(|(_, r)| r.clone())
+        .collect();
+    assert_eq!(
+        published_lines(&s.out, &LogFormat::aws_default()),
+        expected_lines(&good, &LogFormat::aws_default()),
+        "{stderr}"
+    );
+    // packets = 2^63 does not parse as a bigint: a malformed line (skipped, counted); the
+    // other two parse but cannot be published: quarantined with file, index and field.
+    assert!(
+        stderr.contains("1 malformed skipped, 2 unpublishable quarantined"),
+        "{stderr}"
+    );
+    let dir = s.state.join("quarantine");
+    let text: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["field"], "end");
+    assert_eq!(lines[0]["record_index"], 2);
+    assert_eq!(lines[0]["record"]["end"], 253_402_300_800u64);
+    assert!(
+        lines[0]["source"].as_str().unwrap().ends_with("mixed.log"),
+        "{text}"
+    );
+    assert_eq!(lines[1]["field"], "end");
+    assert_eq!(lines[1]["record_index"], 5);
+}

@@ -1377,6 +1377,58 @@ mod tests {
     }
 
     #[test]
+    fn unpublishable_records_are_quarantined_live_and_on_replay_never_a_stop() {
+        let h = Harness::new();
+        let p = h.start();
+        let mut batch = records(1, 4);
+        // A window past year 9999 (no key can name it), a window a year ahead (it would
+        // stay open for a year), a counter above bigint.
+        batch[1].end = Some(window::MAX_KEY_TIME - 10);
+        batch[1].start = Some(window::MAX_KEY_TIME - 20);
+        batch[2].start = Some(unix_now() + 365 * 86_400);
+        batch[2].end = Some(unix_now() + 365 * 86_400);
+        batch[3].packets = Some(1 << 63);
+        assert!(!deliver(&p, mark("a", 1, 1, 1), batch));
+        // Stopped before publishing: the entry stays in the WAL, as in a WAL of an older
+        // version that holds such records.
+        p.stop().unwrap();
+        let lines = |h: &Harness| -> Vec<serde_json::Value> {
+            let dir = h.state().join(crate::quarantine::DIR);
+            let mut out = Vec::new();
+            for e in fs::read_dir(dir).unwrap().flatten() {
+                for l in fs::read_to_string(e.path()).unwrap().lines() {
+                    out.push(serde_json::from_str(l).unwrap());
+                }
+            }
+            out
+        };
+        let first = lines(&h);
+        assert_eq!(first.len(), 3, "{first:?}");
+        let fields: Vec<(&str, u64)> = first
+            .iter()
+            .map(|l| {
+                (
+                    l["field"].as_str().unwrap(),
+                    l["record_index"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(fields, vec![("end", 1), ("end", 2), ("packets", 3)]);
+        assert!(
+            first[0]["source"]
+                .as_str()
+                .unwrap()
+                .starts_with("WAL entry ")
+        );
+        // The restart replays the entry: no crash loop, the good record is published.
+        let p = h.start();
+        let stats = finish(p);
+        assert_eq!(stats.records_replayed, 4);
+        assert_eq!(h.published_records(), vec![1000]);
+        assert_eq!(lines(&h).len(), 6, "set aside again on replay");
+    }
+
+    #[test]
     fn duplicate_after_restart_rebuilt_from_the_wal() {
         let h = Harness::new();
         let p = h.start();
