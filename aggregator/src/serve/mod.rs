@@ -106,7 +106,10 @@ pub fn run(settings: &Settings) -> Result<ServeSummary, ServeError> {
     if auth.agents() == 0 {
         tracing::warn!(file = %listen.tokens_file.display(), "the tokens file lists no agent: every push is refused");
     }
-    warn_if_world_readable(&listen.tokens_file);
+    warn_if_world_readable(&listen.tokens_file, "the tokens file");
+    if let Some(files) = &listen.tls {
+        warn_if_world_readable(&files.key, "the TLS private key (listen.tls_key)");
+    }
     let tls = match &listen.tls {
         Some(files) => Some(tls::server_tls_config(files).map_err(ServeError::Tls)?),
         None => None,
@@ -343,15 +346,16 @@ async fn reload_on_sighup(auth: Arc<Authenticator>, stop: CancellationToken) {
     }
 }
 
+/// Warns when a secret file is readable by every user of the host.
 #[cfg(unix)]
-fn warn_if_world_readable(path: &std::path::Path) {
+fn warn_if_world_readable(path: &std::path::Path, what: &str) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o004 != 0
     {
-        tracing::warn!(file = %path.display(), "the tokens file is readable by every user; chmod 600 it");
+        tracing::warn!(file = %path.display(), "{what} is readable by every user; chmod 600 it (or 640 with the service's group)");
     }
 }
 
 #[cfg(not(unix))]
-fn warn_if_world_readable(_path: &std::path::Path) {}
+fn warn_if_world_readable(_path: &std::path::Path, _what: &str) {}

@@ -31,6 +31,11 @@ use crate::telemetry::{
     REFUSED_IDENTITY,
 };
 
+/// Most batches of one agent above its `acked_below` that the aggregator remembers (its
+/// dedupe state per agent is bounded by this): a push further ahead is refused until the
+/// agent's oldest unacknowledged batch is delivered.
+pub const MAX_SEQ_AHEAD: u64 = 65_536;
+
 /// The limits the service applies to a decoded push.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceLimits {
@@ -249,6 +254,17 @@ impl IngestService {
                 agent_id,
                 started,
                 "seq 0: batches are numbered from 1".into(),
+            ));
+        }
+        if push.seq - push.acked_below.min(push.seq) >= MAX_SEQ_AHEAD {
+            return Err(self.invalid(
+                &peer,
+                agent_id,
+                started,
+                format!(
+                    "seq {} is {MAX_SEQ_AHEAD} or more above acked_below {}: the aggregator keeps at most {MAX_SEQ_AHEAD} unacknowledged batches per agent; deliver batch {} first",
+                    push.seq, push.acked_below, push.acked_below
+                ),
             ));
         }
         if push.acked_below > push.seq {
