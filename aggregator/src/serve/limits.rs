@@ -50,6 +50,44 @@ impl LogLimiter {
     }
 }
 
+/// Descriptors `serve` needs beside its connections (WAL, staging, sink, metrics, runtime).
+pub const OTHER_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit of open files to the hard limit (the default soft limit, often
+/// 1024, is below `listen.max_connections`), and warns when even that is too low for
+/// `max_connections` connections. Returns the soft limit in force.
+#[allow(unsafe_code)]
+pub fn raise_open_files_limit(max_connections: usize) -> u64 {
+    let wanted = (max_connections as u64).saturating_add(OTHER_DESCRIPTORS);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return 0;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    let soft = limit.rlim_cur;
+    if soft < wanted {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "the open-files limit is below listen.max_connections + {OTHER_DESCRIPTORS}: connections past it fail to be accepted; raise LimitNOFILE or lower listen.max_connections"
+        );
+    }
+    soft
+}
+
 /// An accepted connection holding one of the `listen.max_connections` slots until it closes.
 #[derive(Debug)]
 pub struct CappedStream {

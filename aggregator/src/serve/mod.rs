@@ -180,6 +180,7 @@ fn serve_until_stopped(
         address: listen.address,
         source,
     })?;
+    limits::raise_open_files_limit(listen.max_connections);
     let failed = CancellationToken::new();
     let pending = Arc::new(Semaphore::new(listen.max_pending_records as usize));
     let calls = Arc::new(Semaphore::new(listen.max_concurrent_pushes));

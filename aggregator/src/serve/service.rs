@@ -312,7 +312,7 @@ impl IngestService {
             self.metrics.observe_refused(REFUSED_IDENTITY);
             self.metrics.observe_push(INGEST_INVALID, started.elapsed());
             if let Some(suppressed) = self.log.allow(REFUSED_IDENTITY) {
-                tracing::warn!(peer = %peer, agent_id, seq = push.seq, error = %message, suppressed, "refused a push");
+                tracing::warn!(peer = %peer, agent_id, seq = push.seq, reason = REFUSED_IDENTITY, error = %message, suppressed, "refused a push");
             }
             return Err(Status::permission_denied(message));
         }

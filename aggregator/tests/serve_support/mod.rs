@@ -180,6 +180,23 @@ impl Server {
         server
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory of the process so far (`VmHWM`), in MiB.
+    pub fn peak_rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kib / 1024
+    }
+
     /// The log so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -309,8 +326,13 @@ pub async fn client(server: &Server, tls: &ClientTls) -> IngestClient<Channel> {
 
 /// A lazily connecting channel to `server`.
 pub fn channel(server: &Server, tls: &ClientTls) -> Channel {
+    channel_at(server.address, tls)
+}
+
+/// A lazily connecting channel to the server at `address` (call within a runtime).
+pub fn channel_at(address: SocketAddr, tls: &ClientTls) -> Channel {
     let scheme = if tls.ca.is_some() { "https" } else { "http" };
-    let mut endpoint = Channel::from_shared(server.url(scheme)).unwrap();
+    let mut endpoint = Channel::from_shared(format!("{scheme}://{address}")).unwrap();
     if let Some(ca) = &tls.ca {
         let mut config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()))
