@@ -5,9 +5,9 @@
 //! once. The aggregator's peak resident memory during the attack must stay under
 //! [`RSS_BOUND_MIB`].
 //!
-//! The bound: an idle `serve` peaks at about 30 MiB and these attacks at 32–67 MiB; unbounded, they would
-//! cost gigabytes (an 8 MiB batch of empty records decodes to ~1.7 GB, and 1,000
-//! connections each buffering a body at the size limit to 16 GB).
+//! The bound: an idle `serve` peaks at about 30 MiB and these attacks at 32–67 MiB (debug
+//! build); unbounded, they would cost gigabytes (an 8 MiB batch of empty records decodes
+//! to ~1.7 GB, and 1,000 connections each buffering a body at the size limit to 16 GB).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
