@@ -58,7 +58,7 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Print the tokens file of N agents (`load-00001 <token>` lines).
+    /// Print the tokens file of N agents (`load-00001 <token> account=* region=*` lines).
     Tokens {
         #[arg(long)]
         agents: usize,
@@ -1079,7 +1079,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Tokens { agents } => {
             for i in 0..agents {
-                println!("{} {}", agent_id(i), token(i));
+                // The simulated agents publish under their own accounts (and regions).
+                println!("{} {} account=* region=*", agent_id(i), token(i));
             }
             Ok(())
         }
