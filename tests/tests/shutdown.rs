@@ -531,7 +531,11 @@ fn sigterm_during_a_slow_s3_serve_exits_within_grace_and_the_restart_publishes_e
     let state = dir.path().join("state");
     let pki = TestPki::generate(&dir.path().join("pki")).unwrap();
     let tokens = dir.path().join("tokens");
-    fs::write(&tokens, format!("{AGENT} {TOKEN}\n")).unwrap();
+    fs::write(
+        &tokens,
+        format!("{AGENT} {TOKEN} account=123456789012,210987654321\n"),
+    )
+    .unwrap();
     fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
     let listen = format!(
         "[listen]\naddress = \"127.0.0.1:0\"\nmax_record_age = \"3650d\"\ntokens_file = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
