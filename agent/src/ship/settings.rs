@@ -284,8 +284,34 @@ pub fn host_name() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn valid_agent_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_graphic())
+/// The agent id: `configured` (`aggregator.agent_id`, empty = unset), else the host name.
+/// Either must follow the aggregator's rule ([`flowlog_transport::validate_agent_id`]).
+///
+/// # Errors
+///
+/// The problem, for the `aggregator.agent_id` key: which rule the id breaks, and for a
+/// host name that breaks it, that `agent_id` must be set.
+pub fn agent_id_from(
+    configured: Option<String>,
+    host_name: Option<String>,
+) -> Result<String, String> {
+    match configured.filter(|s| !s.is_empty()) {
+        Some(id) => match flowlog_transport::validate_agent_id(&id) {
+            Ok(()) => Ok(id),
+            Err(e) => Err(e.to_string()),
+        },
+        None => match host_name {
+            None => Err("the host name is unknown; set agent_id".into()),
+            Some(host) => match flowlog_transport::validate_agent_id(&host) {
+                Ok(()) => Ok(host),
+                Err(e) => Err(format!(
+                    "the host name '{}' is not a valid default agent id ({e}); set agent_id \
+                     in [aggregator] to the name the aggregator's tokens file gives this agent",
+                    host.escape_debug()
+                )),
+            },
+        },
+    }
 }
 
 /// Parses an endpoint URL: `https://host:port` (or `http://` with `insecure`).
@@ -384,22 +410,15 @@ pub fn validate(
             None
         }
     };
-    let agent_id = match a.agent_id.filter(|s| !s.is_empty()) {
-        Some(id) => id,
-        None => host_name().unwrap_or_else(|| {
-            add(
-                "aggregator.agent_id",
-                "the host name is unknown; set agent_id".into(),
-            );
-            String::new()
-        }),
+    let host = if a.agent_id.as_deref().is_none_or(str::is_empty) {
+        host_name()
+    } else {
+        None
     };
-    if !agent_id.is_empty() && !valid_agent_id(&agent_id) {
-        add(
-            "aggregator.agent_id",
-            format!("'{agent_id}' must be 1 to 255 printable characters without spaces"),
-        );
-    }
+    let agent_id = agent_id_from(a.agent_id, host).unwrap_or_else(|problem| {
+        add("aggregator.agent_id", problem);
+        String::new()
+    });
     let token_file = PathBuf::from(
         a.token_file
             .filter(|f| !f.is_empty())
@@ -682,6 +701,62 @@ mod tests {
         assert_eq!(s.spool.fsync, FsyncPolicy::Always);
         assert_eq!(s.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
         assert!(s.ca_pem.is_none());
+    }
+
+    /// Issue 16: the agent checks its id by the aggregator's rule, the default from the
+    /// host name included, and says how to set it.
+    #[test]
+    fn agent_id_follows_the_aggregators_rule() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(agent_id_from(some("web-01"), None), Ok("web-01".into()));
+        assert_eq!(
+            agent_id_from(some("svc@ip-10-0-0-1.ec2.internal"), some("ignored host")),
+            Ok("svc@ip-10-0-0-1.ec2.internal".into())
+        );
+        // Unset or empty: the host name, if it follows the rule.
+        assert_eq!(agent_id_from(None, some("web-02")), Ok("web-02".into()));
+        assert_eq!(agent_id_from(some(""), some("web-02")), Ok("web-02".into()));
+        // Printable but refused by the aggregator: the agent refuses it too.
+        for bad in ["web/01", "web#1", "db*", "a\"b", "caf\u{e9}"] {
+            let problem = agent_id_from(some(bad), None).unwrap_err();
+            assert!(problem.contains("use letters, digits"), "{bad}: {problem}");
+        }
+        assert!(
+            agent_id_from(some(&"x".repeat(256)), None)
+                .unwrap_err()
+                .contains("256 bytes long")
+        );
+        // A host name that breaks the rule: named, with how to set agent_id.
+        let problem = agent_id_from(None, some("build box")).unwrap_err();
+        assert!(
+            problem.starts_with("the host name 'build box' is not a valid default agent id"),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("set agent_id in [aggregator]"),
+            "{problem}"
+        );
+        assert_eq!(
+            agent_id_from(None, None),
+            Err("the host name is unknown; set agent_id".into())
+        );
+
+        // Through the section: the problem is reported on aggregator.agent_id.
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let (s, p) = check(
+            &format!(
+                "endpoints = [\"https://a:7443\"]\nagent_id = \"web 01\"\ntoken_file = \"{}\"\n",
+                token.display()
+            ),
+            "",
+            "",
+        );
+        assert!(s.is_none());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "aggregator.agent_id");
+        assert!(p[0].1.contains("'web 01' holds ' '"), "{p:?}");
     }
 
     #[test]

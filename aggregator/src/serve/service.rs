@@ -132,7 +132,7 @@ impl IngestService {
             .identify(authorization.as_deref())
             .and_then(|owner| {
                 if let Err(e) = validate_agent_id(agent_id) {
-                    return Ok(Err(e));
+                    return Ok(Err(e.to_string()));
                 }
                 if *owner == *agent_id {
                     Ok(Ok(()))
