@@ -276,6 +276,42 @@ fn read_file(key: &str, path: &Path, add: &mut dyn FnMut(&str, String)) -> Optio
     }
 }
 
+/// Who besides the agent can read a token file of `mode` owned by group `file_gid`, for an
+/// agent running with effective group `agent_gid`: `None` when nobody else can (0600, or
+/// 0640 with the agent's own group), else a warning naming `path` and the fix.
+#[must_use]
+pub fn token_file_exposure(
+    path: &Path,
+    mode: u32,
+    file_gid: u32,
+    agent_gid: u32,
+) -> Option<String> {
+    let others = mode & 0o004 != 0;
+    let group = mode & 0o040 != 0 && file_gid != agent_gid;
+    let who = match (others, group) {
+        (false, false) => return None,
+        (true, _) => "every user".to_owned(),
+        (false, true) => format!("group {file_gid}, which the agent does not run as"),
+    };
+    let shown = path.display();
+    Some(format!(
+        "token file {shown} is readable by {who} (mode {:04o}); run chmod 600 {shown} \
+         (or 640 with the agent's group)",
+        mode & 0o7777
+    ))
+}
+
+/// The warning of [`token_file_exposure`] for the token file at `path` and this process,
+/// or `None` when only the agent can read it or its metadata cannot be read (reading the
+/// token itself reports that).
+#[must_use]
+pub fn token_file_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let agent_gid = rustix::process::getegid().as_raw();
+    token_file_exposure(path, meta.mode(), meta.gid(), agent_gid)
+}
+
 /// The host name (`/proc/sys/kernel/hostname`), the default `agent_id`.
 pub fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -757,6 +793,43 @@ mod tests {
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].0, "aggregator.agent_id");
         assert!(p[0].1.contains("'web 01' holds ' '"), "{p:?}");
+    }
+
+    #[test]
+    fn token_file_readable_by_others_is_reported() {
+        let path = Path::new("/etc/flowlog/agent.token");
+        // Only the agent (owner, or its own group) can read: nothing to say.
+        assert_eq!(token_file_exposure(path, 0o100600, 0, 990), None);
+        assert_eq!(token_file_exposure(path, 0o100400, 0, 990), None);
+        assert_eq!(token_file_exposure(path, 0o100640, 990, 990), None);
+        // Every user.
+        let w = token_file_exposure(path, 0o100644, 990, 990).unwrap();
+        assert_eq!(
+            w,
+            "token file /etc/flowlog/agent.token is readable by every user (mode 0644); run \
+             chmod 600 /etc/flowlog/agent.token (or 640 with the agent's group)"
+        );
+        assert!(token_file_exposure(path, 0o100604, 990, 990).is_some());
+        // A group the agent does not run as.
+        let w = token_file_exposure(path, 0o100640, 0, 990).unwrap();
+        assert!(
+            w.contains("readable by group 0, which the agent does not run as"),
+            "{w}"
+        );
+        assert!(w.contains("chmod 600 /etc/flowlog/agent.token"), "{w}");
+
+        // A real file, with this process's group.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("agent.token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(token_file_warning(&token), None);
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = token_file_warning(&token).unwrap();
+        assert!(w.contains(&token.display().to_string()), "{w}");
+        assert!(w.contains("chmod 600"), "{w}");
+        assert_eq!(token_file_warning(&dir.path().join("missing")), None);
     }
 
     #[test]
