@@ -580,7 +580,7 @@ for rpm_file in "$agent_rpm" "$aggregator_rpm"; do
             && grep -q 'chown -h \"\$user:\$user\"' '$tmp/$name.scripts' \
             && grep -q 'disable --now $name.service' '$tmp/$name.scripts' \
             && grep -q 'try-restart $name.service' '$tmp/$name.scripts'"
-    for tag in PREIN POSTIN PREUN POSTUN; do
+    for tag in PREIN POSTIN PREUN POSTUN POSTTRANS; do
         rpm -qp --qf "%{$tag}" "$rpm_file" >"$tmp/$name.$tag" 2>/dev/null
         check "$name.rpm: %{$tag} is valid sh" sh -n "$tmp/$name.$tag"
     done
