@@ -62,7 +62,7 @@ use pnet_datalink::{Channel, Config, DataLinkReceiver, NetworkInterface};
 
 use crate::capture_config::CaptureSettings;
 use crate::config::{AgentSettings, InterfaceSettings};
-use crate::decode::{LinkType, SkipReason, decode_frame};
+use crate::decode::{LinkType, MAX_WIRE_LEN, SkipReason, decode_captured_frame};
 use crate::flow::{FlowTable, FlowTableSettings, InterfaceInfo};
 
 /// How long a read waits before the thread checks for shutdown, reads the kernel's drop
@@ -1026,6 +1026,17 @@ struct Worker {
     last_queue_log: Option<Duration>,
 }
 
+/// The wire length of a frame read from the packet socket: its own length, unless it filled
+/// the read buffer, where the kernel may have cut it and the length is unknown: then no
+/// more than [`MAX_WIRE_LEN`], the largest super-packet Linux builds.
+fn wire_len_of(frame: &[u8]) -> usize {
+    if frame.len() >= READ_BUFFER_BYTES {
+        MAX_WIRE_LEN
+    } else {
+        frame.len()
+    }
+}
+
 /// Counts one frame read at `now` and feeds it to the flow table.
 fn account_frame(
     table: &mut FlowTable,
@@ -1036,7 +1047,7 @@ fn account_frame(
 ) {
     local.packets += 1;
     local.bytes += frame.len() as u64;
-    match decode_frame(LinkType::Ethernet, frame) {
+    match decode_captured_frame(LinkType::Ethernet, frame, wire_len_of(frame)) {
         Ok(meta) => table.observe(&meta, now, out),
         Err(reason) => local.skipped[skip_index(reason)] += 1,
     }

@@ -17,8 +17,15 @@
 //!
 //! Byte counts follow AWS semantics: the IP packet's length as its header declares it (IPv4
 //! total length; IPv6 40 + payload length), not the captured length, so a capture with a
-//! small snap length still counts whole packets. When the IP header is complete but the
-//! transport header was cut off by the capture, the packet is still returned, with ports 0.
+//! small snap length still counts whole packets ([`decode_captured_frame`] takes the frame's
+//! length on the wire). When the IP header is complete but the transport header was cut off
+//! by the capture, the packet is still returned, with ports 0.
+//!
+//! A declared length is never believed past the frame: a packet whose IP header claims
+//! more bytes than the frame had on the wire after its link-layer header (an IPv4 total
+//! length or IPv6 payload length beyond the frame, a Jumbo Payload option claiming 4 GiB
+//! in a 100-byte frame) is malformed, [`SkipReason::BadIpHeader`], and adds nothing to a
+//! flow. A packet's `ip_len` is therefore at most the frame's wire length.
 //!
 //! Super-packets longer than 16 bits can say are accepted: an IPv4 total length of 0 (a
 //! TSO/GSO packet captured on the sending host before segmentation, e.g. Linux BIG TCP)
@@ -28,6 +35,12 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Wire length to assume for a frame whose length on the wire the capture cannot tell (a
+/// read that filled its buffer, a firewall log's partial copy): the largest GSO/GRO
+/// super-packet Linux builds (8 × 65,535 bytes, `GSO_MAX_SIZE`) plus 64 bytes of
+/// link-layer headers. No packet's `ip_len` exceeds it.
+pub const MAX_WIRE_LEN: usize = 8 * 65_535 + 64;
 
 /// Most VLAN tags (802.1Q / `QinQ`) skipped before the frame is given up as [`SkipReason::NotIp`].
 pub const MAX_VLAN_TAGS: usize = 4;
@@ -135,7 +148,7 @@ pub struct PacketMeta {
     pub dst_port: u16,
     /// Bytes as AWS counts them: IPv4 total length, or 40 + IPv6 payload length (for
     /// super-packets, see the [module documentation](self)). At least 20 for IPv4 and 40
-    /// for IPv6.
+    /// for IPv6, and never more than the frame's wire length minus its link-layer header.
     pub ip_len: u32,
     /// The TCP flag byte (FIN 0x01 … CWR 0x80); 0 when not TCP or not captured.
     pub tcp_flags: u8,
@@ -152,8 +165,9 @@ pub enum SkipReason {
     /// Not an IPv4 / IPv6 frame (ARP, LLDP, …), or more VLAN tags than [`MAX_VLAN_TAGS`].
     NotIp,
     /// Malformed IP header: wrong version, IHL < 5, an IPv4 total length shorter than the
-    /// header (0 excepted: a TSO/GSO super-packet), or an IPv6 extension header running past
-    /// the packet's declared end.
+    /// header (0 excepted: a TSO/GSO super-packet), an IPv6 extension header running past
+    /// the packet's declared end, or a declared length (IPv4 total length, IPv6 payload
+    /// length, Jumbo Payload option) longer than the frame was on the wire.
     BadIpHeader,
     /// The capture's link type is not supported.
     ///
@@ -190,7 +204,25 @@ impl fmt::Display for SkipReason {
     }
 }
 
-/// Decodes one captured frame of the given link type.
+/// Decodes one frame of the given link type, captured whole: `frame.len()` is its length
+/// on the wire, and no packet counts more bytes than that.
+///
+/// Never panics and never allocates. See the [module documentation](self) for what is
+/// supported.
+///
+/// # Errors
+///
+/// As [`decode_captured_frame`].
+pub fn decode_frame(link: LinkType, frame: &[u8]) -> Result<PacketMeta, SkipReason> {
+    decode_captured_frame(link, frame, frame.len())
+}
+
+/// Decodes one captured frame of the given link type that was `wire_len` bytes long on the
+/// wire (a pcap record's original length); `captured` may be shorter (snap length). A
+/// `wire_len` below `captured.len()` counts as `captured.len()`.
+///
+/// The packet's `ip_len` comes from its IP header but never exceeds `wire_len` minus the
+/// link-layer header: a header claiming more is [`SkipReason::BadIpHeader`].
 ///
 /// Never panics and never allocates. See the [module documentation](self) for what is
 /// supported and how truncated captures are handled.
@@ -199,13 +231,21 @@ impl fmt::Display for SkipReason {
 ///
 /// [`SkipReason::Truncated`] when the capture ends inside the link-layer or IP headers,
 /// [`SkipReason::NotIp`] for non-IP frames, [`SkipReason::BadIpHeader`] for malformed IP
-/// headers. A transport header cut off by the capture is not an error (ports are 0).
-pub fn decode_frame(link: LinkType, frame: &[u8]) -> Result<PacketMeta, SkipReason> {
+/// headers, lengths beyond the frame included. A transport header cut off by the capture
+/// is not an error (ports are 0).
+pub fn decode_captured_frame(
+    link: LinkType,
+    captured: &[u8],
+    wire_len: usize,
+) -> Result<PacketMeta, SkipReason> {
+    // Bytes the capture cut off the end: the wire length of any slice of `captured` that
+    // runs to its end is its own length plus `cut`.
+    let cut = wire_len.saturating_sub(captured.len());
     match link {
-        LinkType::Ethernet => decode_ethernet(frame),
-        LinkType::LinuxSll => decode_sll(frame),
-        LinkType::LinuxSll2 => decode_sll2(frame),
-        LinkType::RawIp => decode_raw_ip(frame),
+        LinkType::Ethernet => decode_ethernet(captured, cut),
+        LinkType::LinuxSll => decode_sll(captured, cut),
+        LinkType::LinuxSll2 => decode_sll2(captured, cut),
+        LinkType::RawIp => decode_raw_ip(captured, cut),
     }
 }
 
@@ -222,7 +262,7 @@ fn be16(b: [u8; 2]) -> u16 {
     u16::from_be_bytes(b)
 }
 
-fn decode_ethernet(frame: &[u8]) -> Result<PacketMeta, SkipReason> {
+fn decode_ethernet(frame: &[u8], cut: usize) -> Result<PacketMeta, SkipReason> {
     let (dst, rest) = frame
         .split_first_chunk::<6>()
         .ok_or(SkipReason::Truncated)?;
@@ -233,10 +273,10 @@ fn decode_ethernet(frame: &[u8]) -> Result<PacketMeta, SkipReason> {
         dst_mac: Some(*dst),
         ..LinkInfo::default()
     };
-    decode_ethertype(be16(*ethertype), rest, link)
+    decode_ethertype(be16(*ethertype), rest, cut, link)
 }
 
-fn decode_sll(frame: &[u8]) -> Result<PacketMeta, SkipReason> {
+fn decode_sll(frame: &[u8], cut: usize) -> Result<PacketMeta, SkipReason> {
     let (h, rest) = frame
         .split_first_chunk::<16>()
         .ok_or(SkipReason::Truncated)?;
@@ -248,10 +288,10 @@ fn decode_sll(frame: &[u8]) -> Result<PacketMeta, SkipReason> {
         sll_packet_type: Some(be16([h[0], h[1]])),
         vlan: None,
     };
-    decode_ethertype(be16([h[14], h[15]]), rest, link)
+    decode_ethertype(be16([h[14], h[15]]), rest, cut, link)
 }
 
-fn decode_sll2(frame: &[u8]) -> Result<PacketMeta, SkipReason> {
+fn decode_sll2(frame: &[u8], cut: usize) -> Result<PacketMeta, SkipReason> {
     let (h, rest) = frame
         .split_first_chunk::<20>()
         .ok_or(SkipReason::Truncated)?;
@@ -263,14 +303,14 @@ fn decode_sll2(frame: &[u8]) -> Result<PacketMeta, SkipReason> {
         sll_packet_type: Some(u16::from(h[10])),
         vlan: None,
     };
-    decode_ethertype(be16([h[0], h[1]]), rest, link)
+    decode_ethertype(be16([h[0], h[1]]), rest, cut, link)
 }
 
-fn decode_raw_ip(packet: &[u8]) -> Result<PacketMeta, SkipReason> {
+fn decode_raw_ip(packet: &[u8], cut: usize) -> Result<PacketMeta, SkipReason> {
     match packet.first().map(|b| b >> 4) {
         None => Err(SkipReason::Truncated),
-        Some(4) => decode_ipv4(packet, LinkInfo::default()),
-        Some(6) => decode_ipv6(packet, LinkInfo::default()),
+        Some(4) => decode_ipv4(packet, cut, LinkInfo::default()),
+        Some(6) => decode_ipv6(packet, cut, LinkInfo::default()),
         // The link type promises IP, so another version is a broken IP header.
         Some(_) => Err(SkipReason::BadIpHeader),
     }
@@ -287,6 +327,7 @@ fn is_vlan_tpid(ethertype: u16) -> bool {
 fn decode_ethertype(
     mut ethertype: u16,
     mut rest: &[u8],
+    cut: usize,
     mut link: LinkInfo,
 ) -> Result<PacketMeta, SkipReason> {
     for _ in 0..MAX_VLAN_TAGS {
@@ -304,13 +345,14 @@ fn decode_ethertype(
     match ethertype {
         // Still tagged after MAX_VLAN_TAGS tags.
         t if is_vlan_tpid(t) => Err(SkipReason::NotIp),
-        ETHERTYPE_IPV4 => decode_ipv4(rest, link),
-        ETHERTYPE_IPV6 => decode_ipv6(rest, link),
+        ETHERTYPE_IPV4 => decode_ipv4(rest, cut, link),
+        ETHERTYPE_IPV6 => decode_ipv6(rest, cut, link),
         _ => Err(SkipReason::NotIp),
     }
 }
 
-fn decode_ipv4(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> {
+/// Decodes an IPv4 packet captured as `packet`, of which the capture cut `cut` bytes.
+fn decode_ipv4(packet: &[u8], cut: usize, link: LinkInfo) -> Result<PacketMeta, SkipReason> {
     let &first = packet.first().ok_or(SkipReason::Truncated)?;
     if first >> 4 != 4 {
         return Err(SkipReason::BadIpHeader);
@@ -326,6 +368,10 @@ fn decode_ipv4(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
     // the packet is everything captured from its first byte, as tcpdump and Wireshark take it.
     let gso_super_packet = total_len == 0;
     if !gso_super_packet && usize::from(total_len) < header_len {
+        return Err(SkipReason::BadIpHeader);
+    }
+    // A total length beyond what the frame carried on the wire is a lie, not a snap length.
+    if usize::from(total_len) > packet.len().saturating_add(cut) {
         return Err(SkipReason::BadIpHeader);
     }
     let id = u32::from(be16([h[4], h[5]]));
@@ -368,7 +414,8 @@ fn decode_ipv4(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
     ))
 }
 
-fn decode_ipv6(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> {
+/// Decodes an IPv6 packet captured as `packet`, of which the capture cut `cut` bytes.
+fn decode_ipv6(packet: &[u8], cut: usize, link: LinkInfo) -> Result<PacketMeta, SkipReason> {
     let &first = packet.first().ok_or(SkipReason::Truncated)?;
     if first >> 4 != 6 {
         return Err(SkipReason::BadIpHeader);
@@ -384,6 +431,12 @@ fn decode_ipv6(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
         .ok_or(SkipReason::Truncated)?;
     let payload_len = be16([h[4], h[5]]);
     let mut next = h[6];
+    // Bytes the packet had on the wire from its first byte on; no declared length may
+    // exceed it.
+    let wire_len = packet.len().saturating_add(cut);
+    if 40 + usize::from(payload_len) > wire_len {
+        return Err(SkipReason::BadIpHeader);
+    }
 
     // Payload length 0 with a payload to come (anything but "no next header") is a jumbogram
     // (RFC 2675: the real length is in a Hop-by-Hop Jumbo Payload option) or a Linux BIG TCP /
@@ -431,6 +484,9 @@ fn decode_ipv6(packet: &[u8], link: LinkInfo) -> Result<PacketMeta, SkipReason> 
                     && let Some(len) = jumbo_payload_length(header)
                 {
                     ip_len = 40u32.saturating_add(len);
+                    if usize::try_from(ip_len).unwrap_or(usize::MAX) > wire_len {
+                        return Err(SkipReason::BadIpHeader);
+                    }
                 }
                 data = data.get(ext_len..).ok_or(short)?;
                 next = next_header;
@@ -945,7 +1001,7 @@ mod tests {
         payload.extend(tcp(1, 2, SYN, b""));
         let packet = ipv6(60, &payload);
         assert_eq!(
-            decode_frame(LinkType::RawIp, &packet[..40 + 10]),
+            decode_captured_frame(LinkType::RawIp, &packet[..40 + 10], packet.len()),
             Err(SkipReason::Truncated)
         );
     }
@@ -957,7 +1013,7 @@ mod tests {
             let m = decode_frame(LinkType::RawIp, &packet).unwrap();
             assert_eq!(m.ip_len, 40 + 8 + len as u32);
             // Captured header only (snap length 40): same count, no ports.
-            let m = decode_frame(LinkType::RawIp, &packet[..40]).unwrap();
+            let m = decode_captured_frame(LinkType::RawIp, &packet[..40], packet.len()).unwrap();
             assert_eq!((m.ip_len, m.src_port), (40 + 8 + len as u32, 0));
         }
         // Payload length 0 and no next header: just the fixed header, Ethernet padding is
@@ -1024,7 +1080,7 @@ mod tests {
         packet[4..6].copy_from_slice(&[0, 0]);
         let frame = eth(ETHERTYPE_IPV6, &packet);
         for cut in [frame.len(), 14 + 40 + 8 + 20, 1514] {
-            let m = decode_frame(LinkType::Ethernet, &frame[..cut]).unwrap();
+            let m = decode_captured_frame(LinkType::Ethernet, &frame[..cut], frame.len()).unwrap();
             assert_eq!(
                 (m.ip_len, m.protocol, m.src_port, m.tcp_flags),
                 (40 + 8 + 20 + 70_000, 6, 5, SYN),
@@ -1038,7 +1094,7 @@ mod tests {
         hbh.extend(udp(7, 8, b""));
         let mut packet = ipv6(0, &hbh);
         packet[4..6].copy_from_slice(&[0, 0]);
-        let m = decode_frame(LinkType::RawIp, &packet).unwrap();
+        let m = decode_captured_frame(LinkType::RawIp, &packet, 40 + 200_000).unwrap();
         assert_eq!((m.ip_len, m.src_port), (40 + 200_000, 7));
         // An invalid jumbo length (< 65536) or a payload length that is not 0: the option
         // is ignored.
@@ -1259,11 +1315,103 @@ mod tests {
             decode_frame(LinkType::Ethernet, &frame),
             Err(SkipReason::BadIpHeader)
         );
-        // Total length beyond the capture is a snap length, not an error.
+        // Total length beyond the capture but within the wire length is a snap length, not
+        // an error.
         let mut p = good.clone();
         p[2..4].copy_from_slice(&1500u16.to_be_bytes());
-        let m = decode_frame(LinkType::RawIp, &p).unwrap();
+        let m = decode_captured_frame(LinkType::RawIp, &p, 1500).unwrap();
         assert_eq!((m.ip_len, m.src_port, m.tcp_flags), (1500, 1, SYN));
+    }
+
+    /// Issue 16: a length field is never believed past the frame it came in.
+    #[test]
+    fn declared_lengths_beyond_the_frame_are_malformed() {
+        // An IPv6 Jumbo Payload option claiming 4 GiB in a frame of a few dozen bytes.
+        let mut payload = jumbo_hop_by_hop(17, u32::MAX);
+        payload.extend(udp(7, 8, b"x"));
+        let mut packet = ipv6(0, &payload);
+        packet[4..6].copy_from_slice(&[0, 0]);
+        let frame = eth(ETHERTYPE_IPV6, &packet);
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &frame),
+            Err(SkipReason::BadIpHeader)
+        );
+        // Nor does a snap length let it through: the frame was short on the wire too.
+        assert_eq!(
+            decode_captured_frame(LinkType::Ethernet, &frame[..14 + 40 + 8], frame.len()),
+            Err(SkipReason::BadIpHeader)
+        );
+        // A jumbogram is counted when its frame really was that long on the wire, only then.
+        let mut payload = jumbo_hop_by_hop(17, 200_000);
+        payload.extend(udp(7, 8, b"x"));
+        let mut packet = ipv6(0, &payload);
+        packet[4..6].copy_from_slice(&[0, 0]);
+        assert_eq!(
+            decode_captured_frame(LinkType::RawIp, &packet, 40 + 199_999),
+            Err(SkipReason::BadIpHeader)
+        );
+        assert_eq!(
+            decode_captured_frame(LinkType::RawIp, &packet, 40 + 200_000)
+                .unwrap()
+                .ip_len,
+            40 + 200_000
+        );
+
+        // An IPv4 total length larger than the frame.
+        let mut packet = ipv4(6, 1, 0, &[], &tcp(1, 2, SYN, b""));
+        packet[2..4].copy_from_slice(&65_535u16.to_be_bytes());
+        for link in [LinkType::RawIp, LinkType::Ethernet, LinkType::LinuxSll2] {
+            let frame = match link {
+                LinkType::Ethernet => eth(ETHERTYPE_IPV4, &packet),
+                LinkType::LinuxSll2 => sll2(0, &MAC_A, ETHERTYPE_IPV4, &packet),
+                _ => packet.clone(),
+            };
+            assert_eq!(
+                decode_frame(link, &frame),
+                Err(SkipReason::BadIpHeader),
+                "{link:?}"
+            );
+            // The link-layer header does not count towards the IP packet: a wire length
+            // one byte short of header + total length is still too short.
+            let header = frame.len() - packet.len();
+            assert_eq!(
+                decode_captured_frame(link, &frame, header + 65_534),
+                Err(SkipReason::BadIpHeader),
+                "{link:?}"
+            );
+            let m = decode_captured_frame(link, &frame, header + 65_535).unwrap();
+            assert_eq!(m.ip_len, 65_535, "{link:?}");
+        }
+        // Behind VLAN tags too.
+        let frame = eth_tagged(&[(ETHERTYPE_VLAN, 5)], ETHERTYPE_IPV4, &packet);
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &frame),
+            Err(SkipReason::BadIpHeader)
+        );
+
+        // An IPv6 payload length larger than the frame.
+        let mut packet = ipv6(17, &udp(1, 2, b"abc"));
+        packet[4..6].copy_from_slice(&9000u16.to_be_bytes());
+        assert_eq!(
+            decode_frame(LinkType::RawIp, &packet),
+            Err(SkipReason::BadIpHeader)
+        );
+        assert_eq!(
+            decode_captured_frame(LinkType::RawIp, &packet, 40 + 9000)
+                .unwrap()
+                .ip_len,
+            40 + 9000
+        );
+
+        // A wire length below the captured length counts as the captured length.
+        let packet = ipv4(17, 1, 0, &[], &udp(1, 2, b"abc"));
+        let m = decode_captured_frame(LinkType::RawIp, &packet, 0).unwrap();
+        assert_eq!(m.ip_len as usize, packet.len());
+        // Super-packets without a length count what was captured, which the frame allows.
+        let mut packet = ipv4(6, 1, 0, &[], &tcp(1, 2, ACK, &[0; 70_000]));
+        packet[2..4].copy_from_slice(&[0, 0]);
+        let m = decode_captured_frame(LinkType::RawIp, &packet, MAX_WIRE_LEN).unwrap();
+        assert_eq!(m.ip_len as usize, packet.len());
     }
 
     #[test]
@@ -1272,7 +1420,7 @@ mod tests {
         let ip_header_end = 14 + 20 + IPV4_OPTIONS.len();
         let full = decode_frame(LinkType::Ethernet, &frame).unwrap();
         for cut in 0..=frame.len() {
-            let result = decode_frame(LinkType::Ethernet, &frame[..cut]);
+            let result = decode_captured_frame(LinkType::Ethernet, &frame[..cut], frame.len());
             if cut < ip_header_end {
                 assert_eq!(result, Err(SkipReason::Truncated), "cut at {cut}");
                 continue;
@@ -1304,7 +1452,7 @@ mod tests {
         let frame = sll2(0, &MAC_A, ETHERTYPE_IPV6, &ipv6(0, &payload));
         let headers_end = 20 + 40 + 8 + 8;
         for cut in 0..=frame.len() {
-            let result = decode_frame(LinkType::LinuxSll2, &frame[..cut]);
+            let result = decode_captured_frame(LinkType::LinuxSll2, &frame[..cut], frame.len());
             if cut < headers_end {
                 assert_eq!(result, Err(SkipReason::Truncated), "cut at {cut}");
             } else {
@@ -1393,9 +1541,11 @@ mod tests {
         let mut ok = 0usize;
         for i in 0..200_000 {
             let len;
+            let wire_len;
             if i % 2 == 0 {
                 // Pure random bytes.
                 len = rng.below(buf.len() + 1);
+                wire_len = len;
                 for b in &mut buf[..len] {
                     *b = rng.next() as u8;
                 }
@@ -1403,6 +1553,7 @@ mod tests {
                 // A valid frame with a few random byte changes and a random cut.
                 let (_, seed) = &seeds[rng.below(seeds.len())];
                 len = rng.below(seed.len() + 1);
+                wire_len = seed.len();
                 buf[..len].copy_from_slice(&seed[..len]);
                 for _ in 0..=rng.below(4) {
                     if len > 0 {
@@ -1411,9 +1562,10 @@ mod tests {
                 }
             }
             for link in LINKS {
-                if let Ok(m) = decode_frame(link, &buf[..len]) {
+                if let Ok(m) = decode_captured_frame(link, &buf[..len], wire_len) {
                     ok += 1;
                     check_invariants(link, &m);
+                    assert!(m.ip_len as usize <= wire_len, "{m:?} from {wire_len} bytes");
                 }
             }
         }

@@ -326,6 +326,25 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, payload: &[u8]) -> Ve
     p
 }
 
+/// IPv6 jumbogram (RFC 2675): payload length 0 and a Hop-by-Hop header whose Jumbo Payload
+/// option says `jumbo_len` (which need not match `payload`: for malformed packets), then
+/// `payload`, whose first header is `next_header`.
+pub fn ipv6_jumbogram(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    jumbo_len: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut hop_by_hop = Vec::with_capacity(8 + payload.len());
+    hop_by_hop.extend_from_slice(&[next_header, 0, 0xc2, 4]);
+    hop_by_hop.extend_from_slice(&jumbo_len.to_be_bytes());
+    hop_by_hop.extend_from_slice(payload);
+    let mut p = ipv6(src, dst, PROTO_IPV6_HOPOPTS, &hop_by_hop);
+    p[4..6].copy_from_slice(&[0, 0]);
+    p
+}
+
 /// IPv6 Fragment extension header (8 bytes) followed by `payload`; pass the result to
 /// [`ipv6`] with next header [`PROTO_IPV6_FRAGMENT`]. `next_header` is the protocol of the
 /// fragmented datagram, `offset_bytes` a multiple of 8.

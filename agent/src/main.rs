@@ -59,6 +59,13 @@ fn main() -> ExitCode {
         }
     };
     if cli.check_config {
+        if let Some(warning) = settings
+            .ship
+            .as_ref()
+            .and_then(|ship| ship::settings::token_file_warning(&ship.token_file))
+        {
+            eprintln!("warning: {warning}");
+        }
         eprintln!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
@@ -341,6 +348,9 @@ fn ship_mode(
     if let Err(e) = ship::service::init_logs(&ship_settings.service) {
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
+    }
+    if let Some(warning) = ship::settings::token_file_warning(&ship_settings.token_file) {
+        tracing::warn!(token_file = %ship_settings.token_file.display(), "{warning}");
     }
     let stop = match stop_flag() {
         Ok(s) => s,

@@ -49,7 +49,7 @@ use flowlog_formats::FlowRecord;
 use flowlog_formats::record::{Action, FlowDirection, LogStatus};
 use serde::Deserialize;
 
-use crate::decode::{LinkType, PacketMeta, decode_frame};
+use crate::decode::{LinkType, MAX_WIRE_LEN, PacketMeta, decode_captured_frame};
 use crate::flow::{Direction, FlowTable, FlowTableSettings, InterfaceInfo};
 
 /// Bytes of each dropped packet the kernel copies to the agent: enough for the IP header
@@ -391,7 +391,9 @@ pub fn reject_event(packet: &NflogPacket<'_>, at: Duration) -> Option<(u32, Reje
         (_, Some(o)) if o != 0 => (o, Direction::Egress),
         _ => return None,
     };
-    let meta = decode_frame(LinkType::RawIp, packet.payload?).ok()?;
+    // The payload is a partial copy ([`COPY_RANGE_BYTES`]) of a packet the kernel's IP layer
+    // already checked; its wire length is not in the message.
+    let meta = decode_captured_frame(LinkType::RawIp, packet.payload?, MAX_WIRE_LEN).ok()?;
     Some((
         ifindex,
         RejectEvent {
@@ -983,6 +985,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::decode::decode_frame;
     use crate::frames::{self, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN};
 
     const GROUP: u16 = 100;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use flowlog_formats::FlowRecord;
 
 use crate::config::AgentSettings;
-use crate::decode::decode_frame;
+use crate::decode::decode_captured_frame;
 use crate::flow::{
     FlowTable, FlowTableSettings, InterfaceInfo, KeyedPacket, OBSERVE_BATCH, RecordSink,
 };
@@ -123,7 +123,9 @@ pub fn replay(
             delivery.skip("unsupported_link_type");
             continue;
         };
-        let meta = match decode_frame(link, packet.data) {
+        // The pcap record's original length bounds the bytes a packet may claim.
+        let wire_len = usize::try_from(packet.original_len).unwrap_or(usize::MAX);
+        let meta = match decode_captured_frame(link, packet.data, wire_len) {
             Ok(meta) => meta,
             Err(reason) => {
                 delivery.skip(reason.as_str());
@@ -222,7 +224,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::decode::LinkType;
+    use crate::decode::{LinkType, decode_frame};
     use crate::frames::{self, TCP_ACK};
     use crate::pcap::PcapWriter;
 
@@ -321,6 +323,57 @@ mod tests {
             "600 flows a direction in each of 3 intervals"
         );
         assert_eq!(got, expected);
+    }
+
+    /// Issue 16: a public capture gave one record of 3,858,694,250 bytes from a single
+    /// frame. Lengths beyond a frame's original length are malformed and count nothing;
+    /// a snap length still counts the whole packet.
+    #[test]
+    fn bytes_never_exceed_what_the_frames_allow() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let pcap = dir.path().join("hostile.pcap");
+        let at = Duration::from_secs(T0 + 1);
+        let remote = Ipv4Addr::new(203, 0, 113, 9);
+        let mut w = PcapWriter::create(&pcap).unwrap();
+        // A good 100-byte-payload packet, captured whole: 140 bytes.
+        let good = frames::tcp_v4(GW_MAC, HOST_MAC, remote, HOST, 5000, 443, TCP_ACK, 100);
+        w.write(at, &good).unwrap();
+        // The same flow, 1000 bytes of payload, 54 of its 1054 bytes captured.
+        let big = frames::tcp_v4(GW_MAC, HOST_MAC, remote, HOST, 5000, 443, TCP_ACK, 1000);
+        w.write_truncated(at, &big[..54], big.len() as u32).unwrap();
+        // An IPv4 total length of 60,000 in a 54-byte frame.
+        let mut lying = frames::tcp_v4(GW_MAC, HOST_MAC, remote, HOST, 5000, 443, TCP_ACK, 0);
+        lying[14 + 2..14 + 4].copy_from_slice(&60_000u16.to_be_bytes());
+        w.write(at, &lying).unwrap();
+        // A Jumbo Payload option claiming 3,858,694,210 bytes in a 90-byte frame.
+        let jumbo = frames::ethernet(
+            GW_MAC,
+            HOST_MAC,
+            frames::ETHERTYPE_IPV6,
+            &frames::ipv6_jumbogram(
+                "2001:db8::9".parse().unwrap(),
+                "2001:db8::10".parse().unwrap(),
+                frames::PROTO_UDP,
+                3_858_694_210,
+                &frames::udp(5000, 53, 20),
+            ),
+        );
+        w.write(at, &jumbo).unwrap();
+        w.finish().unwrap();
+
+        let mut got = Vec::new();
+        let stats = replay(&settings, &pcap, &mut |r| {
+            got.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(stats.packets, 4);
+        assert_eq!(stats.skipped.get("bad_ip_header"), Some(&2), "{stats:?}");
+        let flows: Vec<_> = got.iter().filter(|r| r.packets.is_some()).collect();
+        assert_eq!(flows.len(), 1, "{got:#?}");
+        assert_eq!(flows[0].packets, Some(2));
+        assert_eq!(flows[0].bytes, Some(140 + 1040));
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! - [`pb`]: the generated messages, client and server of the `Ingest` service;
 //! - [`encode_batch`] / [`decode_batch`]: [`FlowRecord`]s to and from a [`pb::RecordBatch`],
 //!   whose text values travel once per batch in a string table;
-//! - the names and limits both sides agree on.
+//! - the names and limits both sides agree on, among them the rule for agent ids
+//!   ([`validate_agent_id`]): the agent checks its own at start, the aggregator every id
+//!   it is sent and every id of its tokens file.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -29,6 +31,61 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Most records one batch may hold.
 pub const MAX_BATCH_RECORDS: usize = 1_000_000;
+
+/// Longest agent id accepted, in bytes (all of them ASCII).
+pub const MAX_AGENT_ID_LEN: usize = 255;
+
+/// An agent id that breaks the rule of [`validate_agent_id`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentIdError {
+    /// The id is empty.
+    #[error("the agent id is empty")]
+    Empty,
+    /// The id is longer than [`MAX_AGENT_ID_LEN`].
+    #[error("the agent id is {len} bytes long (at most {MAX_AGENT_ID_LEN})")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The id holds a character outside the allowed set.
+    #[error(
+        "the agent id '{id}' holds {character:?}; use letters, digits, '.', '-', '_', ':' or '@'"
+    )]
+    Character {
+        /// The id, escaped for display.
+        id: String,
+        /// The first character not allowed.
+        character: char,
+    },
+}
+
+/// Checks an agent id: 1 to [`MAX_AGENT_ID_LEN`] ASCII letters, digits and `.`, `-`, `_`,
+/// `:`, `@` (host names and `user@host` fit). The one rule for both sides: the agent
+/// refuses to start with an id that breaks it, the aggregator refuses such ids in pushes
+/// and in its tokens file.
+///
+/// # Errors
+///
+/// [`AgentIdError`] says which part of the rule the id breaks.
+pub fn validate_agent_id(id: &str) -> Result<(), AgentIdError> {
+    if id.is_empty() {
+        return Err(AgentIdError::Empty);
+    }
+    if id.len() > MAX_AGENT_ID_LEN {
+        return Err(AgentIdError::TooLong { len: id.len() });
+    }
+    if let Some(character) = id.chars().find(|&c| !is_agent_id_char(c)) {
+        return Err(AgentIdError::Character {
+            id: id.escape_debug().to_string(),
+            character,
+        });
+    }
+    Ok(())
+}
+
+fn is_agent_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '@')
+}
 
 /// A batch that cannot be turned into records. Names the record and field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -340,6 +397,50 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn agent_ids() {
+        for ok in [
+            "ip-10-0-0-1.eu-west-1.compute.internal",
+            "web_01",
+            "svc@host-7",
+            "fd00::1",
+            "a",
+            &"x".repeat(MAX_AGENT_ID_LEN),
+        ] {
+            assert_eq!(validate_agent_id(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(validate_agent_id(""), Err(AgentIdError::Empty));
+        assert_eq!(
+            validate_agent_id(&"x".repeat(256)),
+            Err(AgentIdError::TooLong { len: 256 })
+        );
+        for (bad, character) in [
+            ("a b", ' '),
+            ("web/01", '/'),
+            ("h\u{e9}te", '\u{e9}'),
+            ("tab\there", '\t'),
+            ("semi;colon", ';'),
+            ("star*", '*'),
+        ] {
+            assert_eq!(
+                validate_agent_id(bad),
+                Err(AgentIdError::Character {
+                    id: bad.escape_debug().to_string(),
+                    character
+                }),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            validate_agent_id("web 01").unwrap_err().to_string(),
+            "the agent id 'web 01' holds ' '; use letters, digits, '.', '-', '_', ':' or '@'"
+        );
+        assert_eq!(
+            validate_agent_id("a\nb").unwrap_err().to_string(),
+            "the agent id 'a\\nb' holds '\\n'; use letters, digits, '.', '-', '_', ':' or '@'"
+        );
+    }
 
     fn full_record() -> FlowRecord {
         let mut r = FlowRecord::no_data(Some("123456789012".into()), Some("eni-1".into()), 1, 2);

@@ -1,11 +1,11 @@
-//! Fuzzes `flowlog_agent::decode::decode_frame` with every link type, checking the
-//! decoded fields' invariants, not only the absence of panics.
+//! Fuzzes `flowlog_agent::decode::decode_frame` and `decode_captured_frame` with every link
+//! type, checking the decoded fields' invariants, not only the absence of panics.
 
 #![no_main]
 
 use std::net::IpAddr;
 
-use flowlog_agent::decode::{Fragment, LinkType, PacketMeta, decode_frame};
+use flowlog_agent::decode::{Fragment, LinkType, PacketMeta, decode_captured_frame, decode_frame};
 use libfuzzer_sys::fuzz_target;
 
 const LINKS: [LinkType; 4] = [
@@ -76,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         check(link, data, &full);
+        assert!(full.ip_len as usize <= data.len(), "ip_len beyond the frame: {full:?}");
         assert_eq!(decode_frame(link, data), Ok(full), "not deterministic");
 
         // A shorter capture of the same frame either fails or agrees on everything the IP
@@ -84,7 +85,7 @@ fuzz_target!(|data: &[u8]| {
             let Some(prefix) = data.get(..cut) else {
                 continue;
             };
-            if let Ok(m) = decode_frame(link, prefix) {
+            if let Ok(m) = decode_captured_frame(link, prefix, data.len()) {
                 check(link, prefix, &m);
                 assert_eq!(
                     (m.src, m.dst, m.protocol, m.ip_len, m.fragment, m.vlan),

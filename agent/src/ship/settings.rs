@@ -276,6 +276,42 @@ fn read_file(key: &str, path: &Path, add: &mut dyn FnMut(&str, String)) -> Optio
     }
 }
 
+/// Who besides the agent can read a token file of `mode` owned by group `file_gid`, for an
+/// agent running with effective group `agent_gid`: `None` when nobody else can (0600, or
+/// 0640 with the agent's own group), else a warning naming `path` and the fix.
+#[must_use]
+pub fn token_file_exposure(
+    path: &Path,
+    mode: u32,
+    file_gid: u32,
+    agent_gid: u32,
+) -> Option<String> {
+    let others = mode & 0o004 != 0;
+    let group = mode & 0o040 != 0 && file_gid != agent_gid;
+    let who = match (others, group) {
+        (false, false) => return None,
+        (true, _) => "every user".to_owned(),
+        (false, true) => format!("group {file_gid}, which the agent does not run as"),
+    };
+    let shown = path.display();
+    Some(format!(
+        "token file {shown} is readable by {who} (mode {:04o}); run chmod 600 {shown} \
+         (or 640 with the agent's group)",
+        mode & 0o7777
+    ))
+}
+
+/// The warning of [`token_file_exposure`] for the token file at `path` and this process,
+/// or `None` when only the agent can read it or its metadata cannot be read (reading the
+/// token itself reports that).
+#[must_use]
+pub fn token_file_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let agent_gid = rustix::process::getegid().as_raw();
+    token_file_exposure(path, meta.mode(), meta.gid(), agent_gid)
+}
+
 /// The host name (`/proc/sys/kernel/hostname`), the default `agent_id`.
 pub fn host_name() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -284,8 +320,34 @@ pub fn host_name() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn valid_agent_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_graphic())
+/// The agent id: `configured` (`aggregator.agent_id`, empty = unset), else the host name.
+/// Either must follow the aggregator's rule ([`flowlog_transport::validate_agent_id`]).
+///
+/// # Errors
+///
+/// The problem, for the `aggregator.agent_id` key: which rule the id breaks, and for a
+/// host name that breaks it, that `agent_id` must be set.
+pub fn agent_id_from(
+    configured: Option<String>,
+    host_name: Option<String>,
+) -> Result<String, String> {
+    match configured.filter(|s| !s.is_empty()) {
+        Some(id) => match flowlog_transport::validate_agent_id(&id) {
+            Ok(()) => Ok(id),
+            Err(e) => Err(e.to_string()),
+        },
+        None => match host_name {
+            None => Err("the host name is unknown; set agent_id".into()),
+            Some(host) => match flowlog_transport::validate_agent_id(&host) {
+                Ok(()) => Ok(host),
+                Err(e) => Err(format!(
+                    "the host name '{}' is not a valid default agent id ({e}); set agent_id \
+                     in [aggregator] to the name the aggregator's tokens file gives this agent",
+                    host.escape_debug()
+                )),
+            },
+        },
+    }
 }
 
 /// Parses an endpoint URL: `https://host:port` (or `http://` with `insecure`).
@@ -384,22 +446,15 @@ pub fn validate(
             None
         }
     };
-    let agent_id = match a.agent_id.filter(|s| !s.is_empty()) {
-        Some(id) => id,
-        None => host_name().unwrap_or_else(|| {
-            add(
-                "aggregator.agent_id",
-                "the host name is unknown; set agent_id".into(),
-            );
-            String::new()
-        }),
+    let host = if a.agent_id.as_deref().is_none_or(str::is_empty) {
+        host_name()
+    } else {
+        None
     };
-    if !agent_id.is_empty() && !valid_agent_id(&agent_id) {
-        add(
-            "aggregator.agent_id",
-            format!("'{agent_id}' must be 1 to 255 printable characters without spaces"),
-        );
-    }
+    let agent_id = agent_id_from(a.agent_id, host).unwrap_or_else(|problem| {
+        add("aggregator.agent_id", problem);
+        String::new()
+    });
     let token_file = PathBuf::from(
         a.token_file
             .filter(|f| !f.is_empty())
@@ -682,6 +737,99 @@ mod tests {
         assert_eq!(s.spool.fsync, FsyncPolicy::Always);
         assert_eq!(s.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
         assert!(s.ca_pem.is_none());
+    }
+
+    /// Issue 16: the agent checks its id by the aggregator's rule, the default from the
+    /// host name included, and says how to set it.
+    #[test]
+    fn agent_id_follows_the_aggregators_rule() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(agent_id_from(some("web-01"), None), Ok("web-01".into()));
+        assert_eq!(
+            agent_id_from(some("svc@ip-10-0-0-1.ec2.internal"), some("ignored host")),
+            Ok("svc@ip-10-0-0-1.ec2.internal".into())
+        );
+        // Unset or empty: the host name, if it follows the rule.
+        assert_eq!(agent_id_from(None, some("web-02")), Ok("web-02".into()));
+        assert_eq!(agent_id_from(some(""), some("web-02")), Ok("web-02".into()));
+        // Printable but refused by the aggregator: the agent refuses it too.
+        for bad in ["web/01", "web#1", "db*", "a\"b", "caf\u{e9}"] {
+            let problem = agent_id_from(some(bad), None).unwrap_err();
+            assert!(problem.contains("use letters, digits"), "{bad}: {problem}");
+        }
+        assert!(
+            agent_id_from(some(&"x".repeat(256)), None)
+                .unwrap_err()
+                .contains("256 bytes long")
+        );
+        // A host name that breaks the rule: named, with how to set agent_id.
+        let problem = agent_id_from(None, some("build box")).unwrap_err();
+        assert!(
+            problem.starts_with("the host name 'build box' is not a valid default agent id"),
+            "{problem}"
+        );
+        assert!(
+            problem.contains("set agent_id in [aggregator]"),
+            "{problem}"
+        );
+        assert_eq!(
+            agent_id_from(None, None),
+            Err("the host name is unknown; set agent_id".into())
+        );
+
+        // Through the section: the problem is reported on aggregator.agent_id.
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let (s, p) = check(
+            &format!(
+                "endpoints = [\"https://a:7443\"]\nagent_id = \"web 01\"\ntoken_file = \"{}\"\n",
+                token.display()
+            ),
+            "",
+            "",
+        );
+        assert!(s.is_none());
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "aggregator.agent_id");
+        assert!(p[0].1.contains("'web 01' holds ' '"), "{p:?}");
+    }
+
+    #[test]
+    fn token_file_readable_by_others_is_reported() {
+        let path = Path::new("/etc/flowlog/agent.token");
+        // Only the agent (owner, or its own group) can read: nothing to say.
+        assert_eq!(token_file_exposure(path, 0o100600, 0, 990), None);
+        assert_eq!(token_file_exposure(path, 0o100400, 0, 990), None);
+        assert_eq!(token_file_exposure(path, 0o100640, 990, 990), None);
+        // Every user.
+        let w = token_file_exposure(path, 0o100644, 990, 990).unwrap();
+        assert_eq!(
+            w,
+            "token file /etc/flowlog/agent.token is readable by every user (mode 0644); run \
+             chmod 600 /etc/flowlog/agent.token (or 640 with the agent's group)"
+        );
+        assert!(token_file_exposure(path, 0o100604, 990, 990).is_some());
+        // A group the agent does not run as.
+        let w = token_file_exposure(path, 0o100640, 0, 990).unwrap();
+        assert!(
+            w.contains("readable by group 0, which the agent does not run as"),
+            "{w}"
+        );
+        assert!(w.contains("chmod 600 /etc/flowlog/agent.token"), "{w}");
+
+        // A real file, with this process's group.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("agent.token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(token_file_warning(&token), None);
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let w = token_file_warning(&token).unwrap();
+        assert!(w.contains(&token.display().to_string()), "{w}");
+        assert!(w.contains("chmod 600"), "{w}");
+        assert_eq!(token_file_warning(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -68,32 +68,7 @@ pub struct Grant {
     pub regions: Allowed,
 }
 
-/// Longest agent id accepted.
-pub const MAX_AGENT_ID_LEN: usize = 255;
-
-/// Checks an agent id: 1-255 characters of ASCII letters, digits and `.`, `-`, `_`, `:`,
-/// `@` (host names fit).
-pub fn validate_agent_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("the agent id is empty".into());
-    }
-    if id.len() > MAX_AGENT_ID_LEN {
-        return Err(format!(
-            "the agent id is {} characters long (at most {MAX_AGENT_ID_LEN})",
-            id.len()
-        ));
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || ".-_:@".contains(*c)))
-    {
-        return Err(format!(
-            "the agent id '{}' holds {c:?}; use letters, digits, '.', '-', '_', ':' or '@'",
-            id.escape_debug()
-        ));
-    }
-    Ok(())
-}
+pub use flowlog_transport::{MAX_AGENT_ID_LEN, validate_agent_id};
 
 /// A tokens file that cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -229,7 +229,7 @@ impl IngestService {
         // Who calls first (an unauthenticated caller learns nothing), then what it says.
         if let Err(e) = validate_agent_id(agent_id) {
             let shown = agent_id.escape_debug().to_string();
-            return Err(self.invalid(&peer, &shown, started, e));
+            return Err(self.invalid(&peer, &shown, started, e.to_string()));
         }
         if *grant.agent != *agent_id {
             let failure = AuthFailure::AgentMismatch {

@@ -6,7 +6,7 @@
 //! Stages, each a full pass over the file (best of `--runs`):
 //!
 //! - `read`: [`PcapPackets::next_ref`] over every packet (file reading and record parsing);
-//! - `read+decode`: plus [`decode_frame`] of every packet;
+//! - `read+decode`: plus [`decode_captured_frame`] of every packet;
 //! - `read+decode+aggregate`: [`replay`] with an output that only counts the records: flow
 //!   tables, interval closing, record building and the traffic filter, no text;
 //! - `... +text`: [`replay`] writing the configured text format into a discarding writer
@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use flowlog_agent::config;
-use flowlog_agent::decode::decode_frame;
+use flowlog_agent::decode::decode_captured_frame;
 use flowlog_agent::pcap::PcapPackets;
 use flowlog_agent::replay::replay;
 use flowlog_formats::text::TextWriter;
@@ -112,7 +112,9 @@ fn run(config_path: &Path, file: &Path, runs: usize) -> Result<(), Box<dyn std::
             let p = p?;
             n += 1;
             if let Some(link) = p.link {
-                ok += u64::from(std::hint::black_box(decode_frame(link, p.data)).is_ok());
+                let wire_len = usize::try_from(p.original_len).unwrap_or(usize::MAX);
+                let meta = decode_captured_frame(link, p.data, wire_len);
+                ok += u64::from(std::hint::black_box(meta).is_ok());
             }
         }
         std::hint::black_box(ok);
