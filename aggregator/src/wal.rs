@@ -40,6 +40,8 @@
 //!   rotated before an append that would make it exceed
 //!   [`WalSettings::segment_bytes`] (header included), unless it is still
 //!   empty: an entry larger than the limit goes, alone, into its own segment.
+//! - The directory is created with mode 0700 and segment files with 0600: they
+//!   hold records and salts that only the service user may read.
 //! - Files in the directory that do not match the name pattern are ignored
 //!   (with a warning). `wal-{lsn:020}.seg.tmp` files are leftovers of an
 //!   interrupted segment creation and are deleted on open.
@@ -102,9 +104,12 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+use crate::file_modes;
 
 /// Magic bytes at the start of every segment file written (format version 2).
 const SEGMENT_MAGIC: &[u8; 8] = b"FLOGWAL2";
@@ -1218,6 +1223,7 @@ fn create_segment(dir: &Path, first_lsn: u64) -> Result<(Segment, File), WalErro
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(file_modes::STATE_FILE_MODE)
             .open(&tmp)
             .map_err(io_err("create segment", &tmp))?;
         file.write_all(&header)
@@ -1251,7 +1257,8 @@ fn create_dir(dir: &Path) -> Result<(), WalError> {
     if dir.is_dir() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(io_err("create wal directory", dir))?;
+    file_modes::create_dir_all(dir, file_modes::STATE_DIR_MODE)
+        .map_err(io_err("create wal directory", dir))?;
     sync_dir(dir)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent)?;
