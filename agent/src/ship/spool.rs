@@ -1724,7 +1724,10 @@ mod tests {
         assert!(logs.contains("ERROR"), "{logs}");
         assert!(logs.contains(&segment.display().to_string()), "{logs}");
         assert!(logs.contains(&format!("offset={damaged_at}")), "{logs}");
-        assert!(logs.contains(&format!("bytes_skipped={damaged_len}")), "{logs}");
+        assert!(
+            logs.contains(&format!("bytes_skipped={damaged_len}")),
+            "{logs}"
+        );
         assert!(logs.contains("SKIPDATA"), "{logs}");
         let report = spool.open_report().clone();
         assert_eq!(report.cut_bytes, 0);
