@@ -1650,7 +1650,7 @@ mod tests {
 
     #[test]
     fn state_and_output_modes_under_umask_022() {
-        let status = std::process::Command::new("sh")
+        let child = std::process::Command::new("sh")
             .args(["-c", "umask 022 && exec \"$0\" \"$@\""])
             .arg(std::env::current_exe().unwrap())
             .args([
@@ -1660,8 +1660,20 @@ mod tests {
                 "--nocapture",
             ])
             .env(MODES_CHILD, "1")
-            .status()
+            .output()
             .unwrap();
-        assert!(status.success(), "the child failed: {status}");
+        assert!(
+            child.status.success(),
+            "the child failed: {}\n{}\n{}",
+            child.status,
+            String::from_utf8_lossy(&child.stdout),
+            String::from_utf8_lossy(&child.stderr)
+        );
+        // The filter matched: the checks ran.
+        assert!(
+            String::from_utf8_lossy(&child.stdout).contains("1 passed"),
+            "{}",
+            String::from_utf8_lossy(&child.stdout)
+        );
     }
 }
