@@ -89,6 +89,9 @@ pub struct ShipMetrics {
     /// `flowlog_agent_spool_dropped_records_total`: records not kept because the spool
     /// was full (replaced by SKIPDATA records).
     pub spool_dropped_records: Counter,
+    /// `flowlog_agent_spool_corrupt_bytes_total`: bytes of damaged spool segments skipped
+    /// at startup (the batches in them are reported as SKIPDATA unless acknowledged).
+    pub spool_corrupt_bytes: Counter,
     /// `flowlog_agent_endpoint_up{endpoint}`: 1 while connected to the endpoint.
     pub endpoint_up: Family<EndpointLabels, Gauge>,
     /// `flowlog_agent_pinned_batches`: batches whose outcome at an endpoint is unknown,
@@ -146,6 +149,11 @@ impl ShipMetrics {
             "flowlog_agent_spool_dropped_records",
             "Records not kept because the spool was full (reported as SKIPDATA)",
             self.spool_dropped_records.clone(),
+        );
+        registry.register(
+            "flowlog_agent_spool_corrupt_bytes",
+            "Bytes of damaged spool segments skipped at startup (their batches are reported as SKIPDATA unless acknowledged)",
+            self.spool_corrupt_bytes.clone(),
         );
         registry.register(
             "flowlog_agent_endpoint_up",
@@ -401,6 +409,7 @@ mod tests {
             "flowlog_agent_spool_bytes 4096",
             "flowlog_agent_spool_batches 0",
             "flowlog_agent_spool_dropped_records_total 0",
+            "flowlog_agent_spool_corrupt_bytes_total 0",
             "flowlog_agent_endpoint_up{endpoint=\"https://a:7443\"} 0",
             "flowlog_agent_pinned_batches 0",
         ] {

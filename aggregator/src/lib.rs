@@ -17,6 +17,7 @@
 pub mod athena;
 pub mod config;
 pub mod convert;
+pub mod file_modes;
 pub mod import;
 pub mod pipeline;
 pub mod quarantine;

@@ -577,6 +577,75 @@ async fn s3_key_held_by_a_different_object_is_a_permanent_conflict() {
 }
 
 #[tokio::test]
+async fn s3_same_size_different_content_at_the_key_is_a_conflict_not_a_delivery() {
+    let server = server();
+    let bucket = server.unique_bucket("s3_same_size_conflict").await.unwrap();
+    let sink = S3Sink::connect(moto_settings(server, &bucket))
+        .await
+        .unwrap();
+    let staging = tempfile::tempdir().unwrap();
+
+    // Another writer's object of the same size already holds the key.
+    let theirs = random_bytes(4000, 21);
+    server
+        .client()
+        .await
+        .put_object()
+        .bucket(&bucket)
+        .key("k.log.gz")
+        .body(theirs.clone().into())
+        .send()
+        .await
+        .unwrap();
+    let ours = stage(staging.path(), "ours", &random_bytes(4000, 22));
+    let err = sink.put_file("k.log.gz", &ours).await.unwrap_err();
+    assert_eq!(err.kind(), SinkErrorKind::KeyConflict, "{err}");
+    assert!(!err.is_retryable());
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("s3://{bucket}/k.log.gz"))
+            && msg.contains("different object of the same size")
+            && msg.contains("ETag"),
+        "{msg}"
+    );
+    assert_eq!(server.get(&bucket, "k.log.gz").await.unwrap(), theirs);
+    // The same bytes are a delivery made before.
+    let same = stage(staging.path(), "same", &theirs);
+    assert_eq!(
+        sink.put_file("k.log.gz", &same).await.unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+
+    // Multipart: the composite ETag (MD5 of the part MD5s) is compared.
+    let big = random_bytes(11 * MIB, 23);
+    let big_first = stage(staging.path(), "big_first", &big);
+    let mut altered = big.clone();
+    altered[7 * MIB] ^= 0xff;
+    let big_other = stage(staging.path(), "big_other", &altered);
+    assert_eq!(
+        sink.put_file("big.log.gz", &big_first).await.unwrap(),
+        PutOutcome::Stored
+    );
+    assert_eq!(
+        sink.put_file("big.log.gz", &big_first).await.unwrap(),
+        PutOutcome::AlreadyPresent
+    );
+    let err = sink.put_file("big.log.gz", &big_other).await.unwrap_err();
+    assert_eq!(err.kind(), SinkErrorKind::KeyConflict, "{err}");
+    assert!(err.to_string().contains("big.log.gz"), "{err}");
+    assert!(server.get(&bucket, "big.log.gz").await.unwrap() == big);
+    let uploads = server
+        .client()
+        .await
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "{:?}", uploads.uploads());
+}
+
+#[tokio::test]
 async fn s3_probe_goes_under_the_prefix_and_is_removed() {
     let server = server();
     let bucket = server.unique_bucket("s3_probe_prefix").await.unwrap();

@@ -189,6 +189,10 @@ impl Shipper {
             let urls: Vec<String> = settings.endpoints.iter().map(|e| e.url.clone()).collect();
             metrics.ship = Some(crate::metrics::ShipMetrics::new(&urls));
         }
+        if let Some(ship) = &metrics.ship {
+            ship.spool_corrupt_bytes
+                .inc_by(report.losses.iter().map(|l| l.bytes).sum());
+        }
         let mut dispatch = Dispatch::new(settings.endpoints.len());
         let urls: Vec<String> = settings.endpoints.iter().map(|e| e.url.clone()).collect();
         dispatch.restore_pins(&spool, &urls);

@@ -8,11 +8,12 @@
 //!   00000000000000000412.seg
 //! ```
 //!
-//! A segment file starts with the 8-byte magic `FLSPOOL1`, then frames:
+//! A segment file starts with the 8-byte magic `FLSPOOL2` and a 16-byte random salt drawn
+//! when the segment is created, then frames:
 //!
 //! ```text
 //! u32 LE  payload length
-//! u32 LE  crc32c of everything after this field (seq, mark, payload)
+//! u32 LE  crc32c of the salt and everything after this field (salt ‖ seq, mark, payload)
 //! u64 LE  seq
 //! u64 LE  replay mark: input tag (0 = none)
 //! u64 LE  replay mark: records of the input handled up to and including this batch
@@ -20,7 +21,17 @@
 //! ```
 //!
 //! - A batch is written (and fsync'd under `fsync = "always"`) before it is sent.
-//! - A torn or corrupt tail (a crash in the middle of a write) is cut off at open.
+//! - The salt keys the frame checksums, so bytes inside a payload that look like a frame
+//!   (a frame of another segment, or one built to look valid) never pass as one. Segments
+//!   of the earlier format (`FLSPOOL1`: no salt, `crc32c(seq, mark, payload)`) are still
+//!   read; new batches always go to a new segment.
+//! - A torn tail of the last segment (a crash in the middle of a write) is cut off at open.
+//! - A damaged frame anywhere else does not end its segment: open searches the bytes after
+//!   it for the next intact frame and goes on from there. The skipped bytes are logged as an
+//!   error (file, offset, bytes), counted, and the batches they held (when not already
+//!   acknowledged) are reported as SKIPDATA records, spooled as a new batch (see
+//!   [`Loss`]). The segment and offset are remembered in `spool.meta`, so a loss is
+//!   reported once even though the damaged bytes stay until the segment is deleted.
 //! - A segment is deleted when every batch in it is acknowledged; `spool.meta` is written
 //!   (fsync, atomic rename) first, so the next `seq` survives even when every segment is
 //!   gone and a restart never reuses one.
@@ -43,8 +54,14 @@ use prost::Message;
 
 use super::settings::{FsyncPolicy, SpoolSettings};
 
-/// Magic at the start of every segment file.
-pub const SEGMENT_MAGIC: &[u8; 8] = b"FLSPOOL1";
+/// Magic at the start of every segment file written.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"FLSPOOL2";
+/// Magic of an earlier-format segment (no salt, unkeyed checksums); read, never written.
+pub const SEGMENT_MAGIC_V1: &[u8; 8] = b"FLSPOOL1";
+/// Bytes of the per-segment salt after the magic.
+const SALT_LEN: usize = 16;
+/// Bytes before the first frame of a segment: magic and salt.
+pub const SEGMENT_HEADER: usize = SEGMENT_MAGIC.len() + SALT_LEN;
 /// Bytes of a frame header.
 pub const FRAME_HEADER: usize = 32;
 const META_FILE: &str = "spool.meta";
@@ -146,6 +163,9 @@ struct Segment {
     bytes: u64,
     /// Unacknowledged batches in it.
     unacked: usize,
+    /// CRC32C state after the segment's salt: frame checksums continue from it (0, the
+    /// empty CRC, for an earlier-format segment).
+    seed: u32,
 }
 
 /// The contents of `spool.meta`.
@@ -157,6 +177,8 @@ struct Meta {
     /// The latest replay mark and the seq of the last batch when it was written.
     mark: Option<(u64, Mark)>,
     finished: Vec<u64>,
+    /// Damaged stretches already reported as lost: (segment, byte offset).
+    reported: Vec<(u64, u64)>,
 }
 
 impl Meta {
@@ -177,6 +199,9 @@ impl Meta {
         for f in &self.finished {
             s.push_str(&format!("finished {f:016x}\n"));
         }
+        for (segment, offset) in &self.reported {
+            s.push_str(&format!("lost_reported {segment} {offset}\n"));
+        }
         s
     }
 
@@ -188,6 +213,7 @@ impl Meta {
         let (mut spool_id, mut next_seq, mut acked_below) = (None, None, None);
         let mut mark = None;
         let mut finished = Vec::new();
+        let mut reported = Vec::new();
         for (n, line) in lines.enumerate() {
             let bad = || format!("line {}: '{line}' is not understood", n + 2);
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -209,6 +235,7 @@ impl Meta {
                     ));
                 }
                 ["finished", input] => finished.push(hex(input)?),
+                ["lost_reported", segment, offset] => reported.push((num(segment)?, num(offset)?)),
                 _ => return Err(bad()),
             }
         }
@@ -219,6 +246,7 @@ impl Meta {
                 acked_below,
                 mark,
                 finished,
+                reported,
             }),
             _ => Err("spool_id, next_seq or acked_below is missing".to_owned()),
         }
@@ -234,8 +262,27 @@ pub struct OpenReport {
     pub batches: usize,
     /// Their records.
     pub records: u64,
-    /// Bytes cut off torn or corrupt segment tails.
+    /// Bytes cut off torn tails of the last segment.
     pub cut_bytes: u64,
+    /// Damaged stretches skipped (first found by this open).
+    pub losses: Vec<Loss>,
+}
+
+/// A damaged stretch of a segment that open skipped (first found by this open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loss {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Byte offset of the first damaged byte.
+    pub offset: u64,
+    /// Bytes skipped.
+    pub bytes: u64,
+    /// Seqs of the batches that were in it, when they can be bounded (`lo..hi`).
+    pub seqs: Option<std::ops::Range<u64>>,
+    /// SKIPDATA records spooled for it (0 when its batches were already acknowledged).
+    pub skipdata_records: usize,
+    /// Seq of the batch that carries them.
+    pub skipdata_seq: Option<u64>,
 }
 
 /// The spool. Not thread-safe by itself: the shipper keeps it behind a mutex.
@@ -330,58 +377,177 @@ struct Frame {
     records: u32,
 }
 
-/// Reads the frames of a segment file; returns them and the length of its valid part.
-fn scan_segment(path: &Path, file: &mut File) -> Result<(Vec<Frame>, u64, u64), SpoolError> {
+/// What [`scan_segment`] found in a segment file.
+struct SegmentScan {
+    frames: Vec<Frame>,
+    /// Damaged stretches followed by an intact frame: (offset, bytes).
+    gaps: Vec<(u64, u64)>,
+    /// End of the last intact frame (or of the header): what follows is a bad tail.
+    valid: u64,
+    /// The file's length.
+    total: u64,
+    /// CRC32C state after the salt (0 for an earlier-format segment).
+    seed: u32,
+}
+
+/// A damaged stretch found at open.
+#[derive(Debug)]
+struct Gap {
+    segment: u64,
+    path: PathBuf,
+    offset: u64,
+    bytes: u64,
+    /// Seqs of the batches it held.
+    seqs: std::ops::Range<u64>,
+    /// Index (in spool order) of the first intact frame after it.
+    next_intact: usize,
+}
+
+/// Reads and checks the frame at `at`: length within the file and the limit, a seq in
+/// `seqs`, checksum keyed by `seed`, payload that decodes.
+fn frame_at(
+    data: &[u8],
+    at: usize,
+    seed: u32,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> Option<Frame> {
+    let header = data.get(at..at.checked_add(FRAME_HEADER)?)?;
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let long = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&header[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    let len = word(0);
+    // The cheap checks first: the search after a damaged frame tries every offset.
+    if len as usize > MAX_MESSAGE_BYTES || !seqs.contains(&long(8)) {
+        return None;
+    }
+    let end = at + FRAME_HEADER + len as usize;
+    let covered = data.get(at + 8..end)?;
+    if crc32c::crc32c_append(seed, covered) != word(4) {
+        return None;
+    }
+    let batch = pb::RecordBatch::decode(&data[at + FRAME_HEADER..end]).ok()?;
+    let input = long(16);
+    Some(Frame {
+        seq: long(8),
+        mark: (input != 0).then_some(Mark {
+            input,
+            records: long(24),
+            finished: false,
+        }),
+        offset: (at + FRAME_HEADER) as u64,
+        len,
+        records: u32::try_from(batch.records.len()).unwrap_or(u32::MAX),
+    })
+}
+
+/// Reads the frames of a segment file. A frame that is damaged does not end the scan: the
+/// following bytes are searched for the next intact frame (with a seq above the last one),
+/// and the stretch in between is returned as a gap. Bytes after the last intact frame are
+/// the segment's bad tail (`valid..total`).
+fn scan_segment(path: &Path, file: &mut File, first_seq: u64) -> Result<SegmentScan, SpoolError> {
     let mut data = Vec::new();
     file.read_to_end(&mut data).map_err(io_err(path, "read"))?;
     let total = data.len() as u64;
-    if data.len() < SEGMENT_MAGIC.len() {
-        return Ok((Vec::new(), 0, total));
-    }
-    if &data[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
-        return Err(SpoolError::Corrupt {
-            path: path.to_owned(),
-            problem: "not a flowlog spool segment (bad magic)".to_owned(),
-        });
-    }
-    let mut frames = Vec::new();
-    let mut at = SEGMENT_MAGIC.len();
-    while let Some(header) = data.get(at..at + FRAME_HEADER) {
-        let word =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        let long = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&header[i..i + 8]);
-            u64::from_le_bytes(b)
-        };
-        let len = word(0);
-        let crc = word(4);
-        let end = at + FRAME_HEADER + len as usize;
-        if len as usize > MAX_MESSAGE_BYTES || end > data.len() {
-            break;
+    let empty = |valid| SegmentScan {
+        frames: Vec::new(),
+        gaps: Vec::new(),
+        valid,
+        total,
+        seed: 0,
+    };
+    let (seed, header) = match data.get(..SEGMENT_MAGIC.len()) {
+        Some(m) if m == SEGMENT_MAGIC => match data.get(SEGMENT_MAGIC.len()..SEGMENT_HEADER) {
+            Some(salt) => (crc32c::crc32c(salt), SEGMENT_HEADER),
+            // A creation cut short: no frame can follow.
+            None => return Ok(empty(0)),
+        },
+        Some(m) if m == SEGMENT_MAGIC_V1 => (0, SEGMENT_MAGIC_V1.len()),
+        Some(_) => {
+            return Err(SpoolError::Corrupt {
+                path: path.to_owned(),
+                problem: "not a flowlog spool segment (bad magic)".to_owned(),
+            });
         }
-        if crc32c::crc32c(&data[at + 8..end]) != crc {
-            break;
+        None => return Ok(empty(0)),
+    };
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut gaps = Vec::new();
+    let mut at = header;
+    let mut valid = header;
+    while at < data.len() {
+        if let Some(frame) = frame_at(&data, at, seed, 0..=u64::MAX) {
+            at = frame.offset as usize + frame.len as usize;
+            valid = at;
+            frames.push(frame);
+            continue;
         }
-        let seq = long(8);
-        let input = long(16);
-        let Ok(batch) = pb::RecordBatch::decode(&data[at + FRAME_HEADER..end]) else {
-            break;
-        };
-        frames.push(Frame {
-            seq,
-            mark: (input != 0).then_some(Mark {
-                input,
-                records: long(24),
-                finished: false,
-            }),
-            offset: (at + FRAME_HEADER) as u64,
-            len,
-            records: u32::try_from(batch.records.len()).unwrap_or(u32::MAX),
-        });
-        at = end;
+        // Seqs rise by one per frame, and every frame takes at least FRAME_HEADER bytes:
+        // that bounds the seq a later intact frame can have.
+        let after = frames.last().map_or(first_seq.saturating_sub(1), |f| f.seq);
+        let most = after.saturating_add((data.len() / FRAME_HEADER) as u64 + 1);
+        let next = (at + 1..data.len().saturating_sub(FRAME_HEADER - 1))
+            .find(|&i| frame_at(&data, i, seed, after + 1..=most).is_some());
+        match next {
+            Some(next) => {
+                gaps.push((at as u64, (next - at) as u64));
+                at = next;
+            }
+            None => break,
+        }
     }
-    Ok((frames, at as u64, total))
+    Ok(SegmentScan {
+        frames,
+        gaps,
+        valid: valid as u64,
+        total,
+        seed,
+    })
+}
+
+/// What is known of the batch next to a damaged stretch: its records' interfaces (one
+/// record each, carrying the fields that describe the interface) and time span.
+fn neighbour_summary(path: &Path, offset: u64, len: u32) -> Option<(Vec<FlowRecord>, u64, u64)> {
+    let file = File::open(path).ok()?;
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset).ok()?;
+    let batch = pb::RecordBatch::decode(buf.as_slice()).ok()?;
+    let records = flowlog_transport::decode_batch(&batch).ok()?;
+    let mut interfaces: Vec<FlowRecord> = Vec::new();
+    let (mut lo, mut hi) = (u64::MAX, 0u64);
+    for r in &records {
+        if let Some(t) = r.start.or(r.end) {
+            lo = lo.min(t);
+        }
+        if let Some(t) = r.end.or(r.start) {
+            hi = hi.max(t);
+        }
+        if !interfaces
+            .iter()
+            .any(|i| i.interface_id == r.interface_id && i.account_id == r.account_id)
+        {
+            interfaces.push(interface_template(r));
+        }
+    }
+    (lo <= hi).then_some((interfaces, lo, hi))
+}
+
+/// A SKIPDATA record for `r`'s interface: the fields that describe the interface (account,
+/// interface, region, VPC, subnet, instance, zone, sublocation) are kept, as the agent's
+/// metadata step would set them.
+fn interface_template(r: &FlowRecord) -> FlowRecord {
+    let mut t = FlowRecord::skip_data(r.account_id.clone(), r.interface_id.clone(), 0, 0);
+    t.region = r.region.clone();
+    t.vpc_id = r.vpc_id.clone();
+    t.subnet_id = r.subnet_id.clone();
+    t.instance_id = r.instance_id.clone();
+    t.az_id = r.az_id.clone();
+    t.sublocation_type = r.sublocation_type.clone();
+    t.sublocation_id = r.sublocation_id.clone();
+    t
 }
 
 impl Spool {
@@ -469,6 +635,7 @@ impl Spool {
                     acked_below: 1,
                     mark: None,
                     finished: Vec::new(),
+                    reported: Vec::new(),
                 };
                 write_meta(dir, &meta)?;
                 meta
@@ -499,31 +666,75 @@ impl Spool {
         let mut max_seq = 0;
         let mut to_delete = Vec::new();
         let mut frame_mark: Option<(u64, Mark)> = None;
-        for name in seg_names {
+        // Every intact frame in spool order: (segment path, payload offset, length).
+        let mut intact: Vec<(PathBuf, u64, u32)> = Vec::new();
+        let mut gaps: Vec<Gap> = Vec::new();
+        for (k, &name) in seg_names.iter().enumerate() {
             let path = dir.join(segment_name(name));
             let mut file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
                 .map_err(io_err(&path, "open"))?;
-            let (frames, valid, total) = scan_segment(&path, &mut file)?;
-            if valid < total {
-                let cut = total - valid;
-                spool.open_report.cut_bytes += cut;
-                tracing::warn!(
-                    segment = %path.display(),
-                    cut_bytes = cut,
-                    kept_batches = frames.len(),
-                    "spool: cut a torn or corrupt tail off a segment (a write interrupted by a crash)"
-                );
-                file.set_len(valid)
+            let scan = scan_segment(&path, &mut file, name)?;
+            let frames = scan.frames;
+            // The batches a damaged stretch held lie between the intact frames around it
+            // (or the segment's first seq, or the next segment's first seq).
+            let seq_before = |offset: u64| {
+                frames
+                    .iter()
+                    .take_while(|f| f.offset < offset)
+                    .last()
+                    .map_or(name, |f| f.seq + 1)
+            };
+            for &(offset, bytes) in &scan.gaps {
+                let before = frames.iter().take_while(|f| f.offset < offset).count();
+                let hi = frames.get(before).map_or(seq_before(offset), |f| f.seq);
+                gaps.push(Gap {
+                    segment: name,
+                    path: path.clone(),
+                    offset,
+                    bytes,
+                    seqs: seq_before(offset)..hi,
+                    next_intact: intact.len() + before,
+                });
+            }
+            if scan.valid < scan.total {
+                let cut = scan.total - scan.valid;
+                match seg_names.get(k + 1) {
+                    // Only the last segment is written to: a bad tail there is a write
+                    // interrupted by a crash (its batch was never spooled).
+                    None => {
+                        spool.open_report.cut_bytes += cut;
+                        tracing::warn!(
+                            segment = %path.display(),
+                            offset = scan.valid,
+                            cut_bytes = cut,
+                            kept_batches = frames.len(),
+                            "spool: cut a torn tail off the last segment (a write interrupted by a crash)"
+                        );
+                    }
+                    // An earlier segment was complete when the next one started: its
+                    // damaged tail held batches up to the next segment's first seq.
+                    Some(&next) => gaps.push(Gap {
+                        segment: name,
+                        path: path.clone(),
+                        offset: scan.valid,
+                        bytes: cut,
+                        seqs: seq_before(scan.valid)..next,
+                        next_intact: intact.len() + frames.len(),
+                    }),
+                }
+                file.set_len(scan.valid)
                     .and_then(|()| file.sync_all())
                     .map_err(io_err(&path, "truncate"))?;
             }
+            intact.extend(frames.iter().map(|f| (path.clone(), f.offset, f.len)));
             if frames.is_empty() {
                 to_delete.push(path);
                 continue;
             }
+            let valid = scan.valid;
             let mut unacked = 0;
             for f in &frames {
                 max_seq = max_seq.max(f.seq);
@@ -559,6 +770,7 @@ impl Spool {
                     file,
                     bytes: valid,
                     unacked,
+                    seed: scan.seed,
                 },
             );
         }
@@ -568,13 +780,38 @@ impl Spool {
         {
             spool.meta.mark = Some((seq, m));
         }
+        spool.meta.next_seq = spool
+            .meta
+            .next_seq
+            .max(gaps.iter().map(|g| g.seqs.end).max().unwrap_or(0));
+        // Lost batches are judged against the floor persisted before this open.
+        let floor = spool.persisted.acked_below;
         spool.meta.acked_below = spool.lowest_unacked();
         if spool.meta != spool.persisted {
             spool.persist()?;
         }
         // Segments with nothing left to send go only once the meta (next seq, mark) that
-        // they held is persisted.
-        for path in to_delete {
+        // they held is persisted; those with a damaged stretch not reported yet stay until
+        // it is (the SKIPDATA batch goes to a new segment, whose name is then free).
+        let unreported = |path: &PathBuf| {
+            gaps.iter()
+                .any(|g| g.path == *path && !spool.meta.reported.contains(&(g.segment, g.offset)))
+        };
+        let (later, now): (Vec<PathBuf>, Vec<PathBuf>) =
+            to_delete.into_iter().partition(unreported);
+        for path in now {
+            std::fs::remove_file(&path).map_err(io_err(&path, "delete"))?;
+        }
+        spool.report_losses(gaps, &intact, floor)?;
+        let kept: BTreeSet<u64> = spool.segments.keys().copied().collect();
+        spool
+            .meta
+            .reported
+            .retain(|(segment, _)| kept.contains(segment));
+        if spool.meta != spool.persisted {
+            spool.persist()?;
+        }
+        for path in later {
             std::fs::remove_file(&path).map_err(io_err(&path, "delete"))?;
         }
         sync_dir(dir)?;
@@ -582,6 +819,90 @@ impl Spool {
         spool.open_report.batches = spool.batches.len();
         spool.open_report.records = spool.records;
         Ok(spool)
+    }
+
+    /// Logs each damaged stretch not reported before, and spools SKIPDATA records for the
+    /// batches it held unless all of them were acknowledged (below the persisted floor).
+    ///
+    /// What the lost batches held is unknown, so the SKIPDATA records are built from the
+    /// intact batches on either side: one per interface seen in them, spanning from the
+    /// earliest start of the batch before to the latest end of the batch after. Without a
+    /// batch before, the span starts at the batch after's earliest start; without a batch
+    /// after, it ends at the segment's modification time (the last write to it); with
+    /// neither, it is that instant, on one record without interface (`-`).
+    fn report_losses(
+        &mut self,
+        gaps: Vec<Gap>,
+        intact: &[(PathBuf, u64, u32)],
+        floor: u64,
+    ) -> Result<(), SpoolError> {
+        for gap in gaps {
+            if self.meta.reported.contains(&(gap.segment, gap.offset)) {
+                continue;
+            }
+            let unacked = gap.seqs.end > floor && !gap.seqs.is_empty();
+            let mut loss = Loss {
+                segment: gap.path.clone(),
+                offset: gap.offset,
+                bytes: gap.bytes,
+                seqs: Some(gap.seqs.clone()),
+                skipdata_records: 0,
+                skipdata_seq: None,
+            };
+            if unacked {
+                let summary = |i: Option<usize>| {
+                    let (path, offset, len) = intact.get(i?)?;
+                    neighbour_summary(path, *offset, *len)
+                };
+                let before = summary(gap.next_intact.checked_sub(1));
+                let after = summary(Some(gap.next_intact));
+                let modified = std::fs::metadata(&gap.path)
+                    .and_then(|m| m.modified())
+                    .unwrap_or_else(|_| std::time::SystemTime::now())
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let start = before
+                    .as_ref()
+                    .or(after.as_ref())
+                    .map_or(modified, |(_, lo, _)| *lo);
+                let end = after.as_ref().map_or(modified, |(_, _, hi)| *hi).max(start);
+                let mut skip: Vec<FlowRecord> = Vec::new();
+                for t in before.into_iter().chain(after).flat_map(|(t, _, _)| t) {
+                    if !skip
+                        .iter()
+                        .any(|r| r.interface_id == t.interface_id && r.account_id == t.account_id)
+                    {
+                        skip.push(t);
+                    }
+                }
+                if skip.is_empty() {
+                    skip.push(FlowRecord::skip_data(None, None, 0, 0));
+                }
+                for r in &mut skip {
+                    r.start = Some(start);
+                    r.end = Some(end);
+                }
+                let seq = self.append_encoded(&Spool::encode(&skip), skip.len(), None)?;
+                loss.skipdata_records = skip.len();
+                loss.skipdata_seq = Some(seq);
+            }
+            tracing::error!(
+                segment = %gap.path.display(),
+                offset = gap.offset,
+                bytes_skipped = gap.bytes,
+                lost_seqs = format_args!("{}..{}", gap.seqs.start, gap.seqs.end),
+                already_acknowledged = !unacked,
+                skipdata_records = loss.skipdata_records,
+                "spool: skipped a damaged stretch of a segment; the batches in it are lost{}",
+                if unacked { " (reported as SKIPDATA)" } else { " but were acknowledged before" }
+            );
+            self.meta.reported.push((gap.segment, gap.offset));
+            self.open_report.losses.push(loss);
+        }
+        if self.unsynced {
+            self.sync().map_err(io_err(&self.settings.dir, "fsync"))?;
+        }
+        Ok(())
     }
 
     /// What the open found.
@@ -673,7 +994,7 @@ impl Spool {
         };
         frame
             + if new_segment {
-                SEGMENT_MAGIC.len() as u64
+                SEGMENT_HEADER as u64
             } else {
                 0
             }
@@ -740,7 +1061,7 @@ impl Spool {
         frame.extend_from_slice(&input.to_le_bytes());
         frame.extend_from_slice(&handled.to_le_bytes());
         frame.extend_from_slice(payload);
-        let crc = crc32c::crc32c(&frame[8..]);
+        let crc = crc32c::crc32c_append(segment.seed, &frame[8..]);
         frame[4..8].copy_from_slice(&crc.to_le_bytes());
         let offset = segment.bytes;
         if let Err(e) = segment.file.write_all_at(&frame, offset) {
@@ -791,13 +1112,18 @@ impl Spool {
             .mode(0o600)
             .open(&path)
             .map_err(io_err(&path, "create"))?;
-        file.write_all_at(SEGMENT_MAGIC, 0)
+        let mut salt = [0u8; SALT_LEN];
+        getrandom::fill(&mut salt)
+            .map_err(|e| io_err(&path, "draw a random salt")(io::Error::from(e)))?;
+        let mut header = SEGMENT_MAGIC.to_vec();
+        header.extend_from_slice(&salt);
+        file.write_all_at(&header, 0)
             .map_err(io_err(&path, "write"))?;
         if self.settings.fsync == FsyncPolicy::Always {
             file.sync_all().map_err(io_err(&path, "fsync"))?;
             sync_dir(&self.settings.dir)?;
         }
-        let bytes = SEGMENT_MAGIC.len() as u64;
+        let bytes = SEGMENT_HEADER as u64;
         self.bytes += bytes;
         self.segments.insert(
             first_seq,
@@ -806,6 +1132,7 @@ impl Spool {
                 file,
                 bytes,
                 unacked: 0,
+                seed: crc32c::crc32c(&salt),
             },
         );
         self.active = Some(first_seq);
@@ -1324,6 +1651,258 @@ mod tests {
         assert!(spool.open_report().cut_bytes > 0);
         // The cut batch's seq is not reused: the meta kept next_seq = 4.
         assert_eq!(spool.next_seq(), 4);
+    }
+
+    /// Collects tracing output while `f` runs.
+    fn capture_logs<T>(f: impl FnOnce() -> T) -> (T, String) {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = Capture(buf.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let logs = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        (out, logs)
+    }
+
+    /// Start of the frame of batch `seq` in its segment.
+    fn frame_start(spool: &Spool, seq: u64) -> usize {
+        spool.batches[&seq].offset as usize - FRAME_HEADER
+    }
+
+    fn with_iface(mut records: Vec<FlowRecord>, iface: &str) -> Vec<FlowRecord> {
+        for r in &mut records {
+            r.interface_id = Some(iface.into());
+            r.region = Some("eu-west-3".into());
+            r.vpc_id = Some("vpc-1".into());
+        }
+        records
+    }
+
+    #[test]
+    fn a_damaged_frame_is_skipped_the_rest_kept_and_its_batch_reported_as_skipdata() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 1 << 20, 1 << 20);
+        let (segment, damaged_at, damaged_len);
+        {
+            let mut spool = Spool::open(&s).unwrap();
+            let batches = [
+                with_iface(records("eni-a", 5, 1000), "eni-a"),
+                with_iface(records("eni-a", 5, 2000), "eni-a"),
+                with_iface(records("eni-b", 5, 3000), "eni-b"),
+                with_iface(records("eni-c", 5, 4000), "eni-c"),
+                with_iface(records("eni-a", 5, 5000), "eni-a"),
+            ];
+            for b in &batches {
+                spool.append(b, None, &no_fill).unwrap();
+            }
+            segment = spool.segment_files()[0].clone();
+            damaged_at = frame_start(&spool, 3);
+            damaged_len = frame_start(&spool, 4) - damaged_at;
+        }
+        let mut bytes = std::fs::read(&segment).unwrap();
+        assert_eq!(&bytes[..8], SEGMENT_MAGIC);
+        bytes[damaged_at + FRAME_HEADER + 7] ^= 0x5a;
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let (spool, logs) = capture_logs(|| Spool::open(&s));
+        let spool = spool.unwrap();
+        assert!(logs.contains("ERROR"), "{logs}");
+        assert!(logs.contains(&segment.display().to_string()), "{logs}");
+        assert!(logs.contains(&format!("offset={damaged_at}")), "{logs}");
+        assert!(
+            logs.contains(&format!("bytes_skipped={damaged_len}")),
+            "{logs}"
+        );
+        assert!(logs.contains("SKIPDATA"), "{logs}");
+        let report = spool.open_report().clone();
+        assert_eq!(report.cut_bytes, 0);
+        assert_eq!(report.losses.len(), 1, "{report:?}");
+        let loss = &report.losses[0];
+        assert_eq!(loss.segment, segment);
+        assert_eq!(loss.offset, damaged_at as u64);
+        assert_eq!(loss.bytes, damaged_len as u64);
+        assert_eq!(loss.seqs, Some(3..4));
+        // The batches after the damaged one are kept, and a SKIPDATA batch is added.
+        let skip_seq = loss.skipdata_seq.unwrap();
+        assert_eq!(skip_seq, 6);
+        assert_eq!(spool.seqs().collect::<Vec<_>>(), vec![1, 2, 4, 5, 6]);
+        let back = flowlog_transport::decode_batch(&spool.read_batch(4).unwrap()).unwrap();
+        assert_eq!(back, with_iface(records("eni-c", 5, 4000), "eni-c"));
+        let skip = flowlog_transport::decode_batch(&spool.read_batch(skip_seq).unwrap()).unwrap();
+        // One record per interface of the batches on either side, over their span.
+        let ifaces: Vec<_> = skip.iter().map(|r| r.interface_id.clone()).collect();
+        assert_eq!(ifaces, vec![Some("eni-a".into()), Some("eni-c".into())]);
+        for r in &skip {
+            assert_eq!(r.log_status, Some(LogStatus::SkipData));
+            assert_eq!((r.start, r.end), (Some(2000), Some(4005)));
+            assert_eq!(r.region.as_deref(), Some("eu-west-3"));
+            assert_eq!(r.vpc_id.as_deref(), Some("vpc-1"));
+            assert_eq!(r.account_id.as_deref(), Some("123456789012"));
+        }
+        assert_eq!(loss.skipdata_records, 2);
+        drop(spool);
+
+        // Reported once: the damaged bytes stay, the next open does not report them again.
+        let spool = Spool::open(&s).unwrap();
+        assert!(spool.open_report().losses.is_empty());
+        assert_eq!(spool.seqs().collect::<Vec<_>>(), vec![1, 2, 4, 5, 6]);
+        assert_eq!(spool.next_seq(), 7);
+    }
+
+    #[test]
+    fn a_damaged_tail_of_an_earlier_segment_is_a_loss_up_to_the_next_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 1 << 20, 700);
+        let files;
+        {
+            let mut spool = Spool::open(&s).unwrap();
+            for i in 0..6 {
+                spool
+                    .append(&records("eni-a", 5, 1000 * (i + 1)), None, &no_fill)
+                    .unwrap();
+            }
+            files = spool.segment_files();
+        }
+        assert!(files.len() >= 2, "{files:?}");
+        // The first segment's last frame loses its end.
+        let mut bytes = std::fs::read(&files[0]).unwrap();
+        let len = bytes.len();
+        bytes.truncate(len - 5);
+        std::fs::write(&files[0], &bytes).unwrap();
+        let next_first: u64 = files[1]
+            .file_stem()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        let spool = Spool::open(&s).unwrap();
+        let report = spool.open_report();
+        assert_eq!(report.losses.len(), 1, "{report:?}");
+        assert_eq!(report.losses[0].seqs, Some(next_first - 1..next_first));
+        assert_eq!(report.losses[0].skipdata_records, 1);
+        assert!(!spool.seqs().any(|q| q == next_first - 1));
+    }
+
+    #[test]
+    fn damaged_batches_that_were_acknowledged_are_skipped_without_skipdata() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 1 << 20, 1 << 20);
+        let (segment, damaged_at);
+        {
+            let mut spool = Spool::open(&s).unwrap();
+            for i in 0..3 {
+                spool
+                    .append(&records("eni-a", 5, 1000 * (i + 1)), None, &no_fill)
+                    .unwrap();
+            }
+            damaged_at = frame_start(&spool, 1);
+            segment = spool.segment_files()[0].clone();
+            spool.ack(1).unwrap();
+            spool.persist_floor().unwrap();
+        }
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[damaged_at + 3] ^= 0x01;
+        std::fs::write(&segment, &bytes).unwrap();
+        let spool = Spool::open(&s).unwrap();
+        let report = spool.open_report();
+        assert_eq!(report.losses.len(), 1, "{report:?}");
+        assert_eq!(report.losses[0].skipdata_seq, None);
+        assert_eq!(spool.seqs().collect::<Vec<_>>(), vec![2, 3]);
+    }
+
+    #[test]
+    fn segments_of_the_earlier_format_are_read_and_new_batches_go_to_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 1 << 20, 1 << 20);
+        std::fs::create_dir_all(&s.dir).unwrap();
+        let meta = Meta {
+            spool_id: 77,
+            next_seq: 1,
+            acked_below: 1,
+            mark: None,
+            finished: Vec::new(),
+            reported: Vec::new(),
+        };
+        write_meta(&s.dir, &meta).unwrap();
+        // Earlier format: no salt, crc32c(seq, mark, payload).
+        let mut file = SEGMENT_MAGIC_V1.to_vec();
+        for seq in 1..=3u64 {
+            let payload = Spool::encode(&records("eni-a", 4, seq * 100));
+            let mut frame = Vec::new();
+            frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+            frame.extend_from_slice(&[0; 4]);
+            frame.extend_from_slice(&seq.to_le_bytes());
+            frame.extend_from_slice(&[0; 16]);
+            frame.extend_from_slice(&payload);
+            let crc = crc32c::crc32c(&frame[8..]);
+            frame[4..8].copy_from_slice(&crc.to_le_bytes());
+            file.extend_from_slice(&frame);
+        }
+        std::fs::write(s.dir.join(segment_name(1)), &file).unwrap();
+        let mut spool = Spool::open(&s).unwrap();
+        assert_eq!(spool.spool_id(), 77);
+        assert_eq!(spool.seqs().collect::<Vec<_>>(), vec![1, 2, 3]);
+        let back = flowlog_transport::decode_batch(&spool.read_batch(2).unwrap()).unwrap();
+        assert_eq!(back, records("eni-a", 4, 200));
+        let seq = match spool
+            .append(&records("eni-b", 2, 900), None, &no_fill)
+            .unwrap()
+        {
+            Appended::Spooled { seq } => seq,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(seq, 4);
+        let newest = std::fs::read(s.dir.join(segment_name(4))).unwrap();
+        assert_eq!(&newest[..8], SEGMENT_MAGIC);
+        drop(spool);
+        let spool = Spool::open(&s).unwrap();
+        assert_eq!(spool.seqs().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert!(spool.open_report().losses.is_empty());
+    }
+
+    #[test]
+    fn a_frame_copied_from_another_segment_does_not_pass() {
+        // Frames are keyed by their segment's salt: valid bytes of another segment, put
+        // where a frame is expected, are damage, not a batch.
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 1 << 20, 100);
+        let files;
+        {
+            let mut spool = Spool::open(&s).unwrap();
+            for i in 0..2 {
+                spool
+                    .append(&records("eni-a", 3, 100 * (i + 1)), None, &no_fill)
+                    .unwrap();
+            }
+            files = spool.segment_files();
+        }
+        assert_eq!(files.len(), 2);
+        let a = std::fs::read(&files[0]).unwrap();
+        let b = std::fs::read(&files[1]).unwrap();
+        let mut moved = a.clone();
+        moved.extend_from_slice(&b[SEGMENT_HEADER..]);
+        std::fs::remove_file(&files[1]).unwrap();
+        std::fs::write(&files[0], &moved).unwrap();
+        let spool = Spool::open(&s).unwrap();
+        assert_eq!(spool.seqs().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(
+            spool.open_report().cut_bytes,
+            (b.len() - SEGMENT_HEADER) as u64
+        );
     }
 
     #[test]

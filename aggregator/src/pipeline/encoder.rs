@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ use flowlog_formats::{FlowRecord, LogFormat};
 use super::stager::{SealReason, SealedFile, StageError, io_err};
 use super::window::StreamKey;
 use crate::convert::OutputFormat;
+use crate::file_modes;
 
 /// Encoded bytes an open file buffers before they are appended to its file on disk.
 pub const SPILL_BYTES: usize = 128 * 1024;
@@ -392,7 +394,7 @@ impl SpillWriter {
 
     fn open(&self) -> io::Result<File> {
         let mut options = OpenOptions::new();
-        options.create(true);
+        options.create(true).mode(file_modes::STATE_FILE_MODE);
         if self.written == 0 {
             options.write(true).truncate(true);
         } else {

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 use super::batch::ImportMark;
 use super::dedupe::AgentState;
 use super::window::StreamKey;
+use crate::file_modes;
 
 const FILE_NAME: &str = "manifest.jsonl";
 
@@ -145,7 +147,7 @@ impl Manifest {
             path: path.display().to_string(),
             source,
         };
-        fs::create_dir_all(dir).map_err(io)?;
+        file_modes::prepare_state_dir(dir).map_err(io)?;
         let mut stored_writer = None;
         let mut pending = BTreeMap::new();
         let mut sealed_through: HashMap<StreamKey, u64> = HashMap::new();
@@ -207,6 +209,7 @@ impl Manifest {
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(file_modes::STATE_FILE_MODE)
             .open(&path)
             .map_err(io)?;
         if file.metadata().map_err(io)?.len() != valid_len {
@@ -392,7 +395,13 @@ impl Manifest {
             serde_json::to_writer(&mut out, e).map_err(|e| io(std::io::Error::other(e)))?;
             out.push(b'\n');
         }
-        let mut f = File::create(&tmp).map_err(io)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(file_modes::STATE_FILE_MODE)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(&out).map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, &self.path).map_err(io)?;

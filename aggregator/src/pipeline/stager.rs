@@ -34,6 +34,7 @@ use flowlog_formats::{FlowRecord, LogFormat};
 use super::encoder::{Done, EncodeSettings, Encoders, Job, PARQUET_FILE_BUFFER, SPILL_BYTES};
 use super::window::StreamKey;
 use crate::convert::OutputFormat;
+use crate::file_modes;
 
 /// Records a stream gathers before they are handed to its encoder.
 pub const CHUNK_RECORDS: usize = 4096;
@@ -223,8 +224,10 @@ impl Stager {
         if open_dir.exists() {
             fs::remove_dir_all(&open_dir).map_err(io_err(&open_dir))?;
         }
-        fs::create_dir_all(&open_dir).map_err(io_err(&open_dir))?;
-        fs::create_dir_all(&sealed_dir).map_err(io_err(&sealed_dir))?;
+        file_modes::create_dir_all(&open_dir, file_modes::STATE_DIR_MODE)
+            .map_err(io_err(&open_dir))?;
+        file_modes::create_dir_all(&sealed_dir, file_modes::STATE_DIR_MODE)
+            .map_err(io_err(&sealed_dir))?;
         let (done_tx, done) = mpsc::channel();
         let encoders = Encoders::start(
             EncodeSettings {

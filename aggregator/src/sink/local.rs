@@ -7,12 +7,19 @@
 //! file, never a temporary one, and after a crash the file is either complete or absent.
 //! Temporary files a killed process left behind are removed by the next startup check.
 //! The staged file is linked or copied, never moved: it stays until the caller deletes it.
+//!
+//! Directories are created 0750 and files end up 0640 (less the umask for created
+//! entries), readable by the group of the output's readers. A hard link shares the staged
+//! file's inode (0600 in the state directory), so its mode is set to 0640 before the
+//! rename makes it visible.
 
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use super::{ObjectSink, PutOutcome, SinkError, SinkErrorKind, unique_suffix};
+use crate::file_modes::{self, OUTPUT_DIR_MODE, OUTPUT_FILE_MODE};
 
 /// The directory the startup check writes its probe file into (under the root, outside
 /// `AWSLogs/`).
@@ -37,7 +44,7 @@ impl LocalDirSink {
     pub fn new(root: impl AsRef<Path>) -> Result<Self, SinkError> {
         let root = root.as_ref();
         let target = format!("file://{}", root.display());
-        fs::create_dir_all(root)
+        file_modes::create_dir_all(root, OUTPUT_DIR_MODE)
             .map_err(|e| io_error("create", &target, "cannot create the directory", e))?;
         let root = fs::canonicalize(root)
             .map_err(|e| io_error("create", &target, "cannot resolve the directory", e))?;
@@ -169,7 +176,7 @@ fn copy_atomically(root: &Path, source: &Path, dest: &Path, target: &str) -> Res
         .map_err(|e| io_error("put", target, "cannot create the directory", e))?;
 
     let tmp_dir = root.join(TMP_DIR);
-    fs::create_dir_all(&tmp_dir)
+    file_modes::create_dir_all(&tmp_dir, OUTPUT_DIR_MODE)
         .map_err(|e| io_error("put", target, "cannot create the temporary directory", e))?;
     let tmp = tmp_dir.join(format!(
         "{}.{}.tmp",
@@ -180,8 +187,16 @@ fn copy_atomically(root: &Path, source: &Path, dest: &Path, target: &str) -> Res
         // A link saves copying and syncing the bytes again; another file system (or one
         // without hard links) gets a copy.
         let linked = fs::hard_link(source, &tmp).is_ok();
-        if !linked {
-            let mut output = File::options().write(true).create_new(true).open(&tmp)?;
+        if linked {
+            // The link is the staged file's inode: give it the output's mode before it
+            // becomes visible under the key.
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(OUTPUT_FILE_MODE))?;
+        } else {
+            let mut output = File::options()
+                .write(true)
+                .create_new(true)
+                .mode(OUTPUT_FILE_MODE)
+                .open(&tmp)?;
             io::copy(&mut input, &mut output)?;
             output.sync_all()?;
         }
@@ -221,7 +236,7 @@ fn create_dirs_durably(root: &Path, dir: &Path) -> io::Result<()> {
         missing.push(d);
         cursor = d.parent();
     }
-    fs::create_dir_all(dir)?;
+    file_modes::create_dir_all(dir, OUTPUT_DIR_MODE)?;
     for created in missing.iter().rev() {
         if let Some(parent) = created.parent() {
             sync_dir(parent)?;
@@ -268,7 +283,7 @@ fn write_and_remove_probe(root: &Path, target: &str) -> Result<(), SinkError> {
     use std::io::Write as _;
     let dir = root.join(PROBE_DIR);
     let file = dir.join(unique_suffix());
-    fs::create_dir_all(&dir)
+    file_modes::create_dir_all(&dir, OUTPUT_DIR_MODE)
         .map_err(|e| io_error("check", target, "cannot create the probe directory", e))?;
     let written = (|| {
         let mut f = File::options().write(true).create_new(true).open(&file)?;

@@ -8,8 +8,14 @@
 //! - Every object carries the configured ACL, SSE, storage class and a Content-Type from
 //!   its extension, never a Content-Encoding.
 //! - With `if_none_match`, PutObject and CompleteMultipartUpload send `If-None-Match: *`;
-//!   a 412 answer plus a HEAD showing the same size means the file was delivered before
-//!   ([`PutOutcome::AlreadyPresent`]).
+//!   a 412 answer plus a HEAD showing the same size and the ETag of the staged file's
+//!   bytes means the file was delivered before ([`PutOutcome::AlreadyPresent`]). Another
+//!   size or ETag is a [`SinkErrorKind::KeyConflict`]: the object is never overwritten.
+//!   The ETag is compared when S3 makes it an MD5 (no SSE-KMS, no SSE-C): the hex MD5 of
+//!   the bytes for one PutObject, the MD5 of the parts' MD5s and `-<parts>` for a
+//!   multipart upload, with the parts cut as this sink cuts them. When it is not an MD5,
+//!   or the object has another part count (`part_size` changed since), only the size is
+//!   compared, with a warning.
 //! - Checksums follow [`ChecksumMode`]: S3-compatible stores get none unless required,
 //!   AWS gets CRC32 (per part too), Object Lock buckets need `Content-MD5`.
 //! - Errors are classified from the SDK's error kind, HTTP status and S3 error code into
@@ -30,6 +36,7 @@ use aws_sdk_s3::config::{
     StalledStreamProtectionConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectCannedAcl,
@@ -510,17 +517,21 @@ impl S3Sink {
         }
         match req.send().await {
             Ok(_) => Ok(PutOutcome::Stored),
-            Err(e) if http_status(&e) == Some(412) => self.resolve_existing(client, key, len).await,
+            Err(e) if http_status(&e) == Some(412) => {
+                self.resolve_existing(client, key, path, len).await
+            }
             Err(e) => Err(self.classify("put", key, s.if_none_match, e)),
         }
     }
 
-    /// After a 412 to `If-None-Match: *`: the same size means the same deterministic
-    /// bytes were delivered before.
+    /// After a 412 to `If-None-Match: *`: the same size and ETag (see the module docs)
+    /// mean the same deterministic bytes were delivered before; anything else is a
+    /// [`SinkErrorKind::KeyConflict`].
     async fn resolve_existing(
         &self,
         client: &Client,
         key: &str,
+        path: &Path,
         len: u64,
     ) -> Result<PutOutcome, SinkError> {
         match client
@@ -533,6 +544,29 @@ impl S3Sink {
             Ok(head) => {
                 let stored = head.content_length().and_then(|n| u64::try_from(n).ok());
                 if stored == Some(len) {
+                    match self.compare_etag(&head, key, path, len).await? {
+                        EtagCheck::Same => {}
+                        EtagCheck::Unverifiable(why) => tracing::warn!(
+                            key,
+                            bytes = len,
+                            reason = why,
+                            "object of the same size already present; its content cannot be \
+                             compared, so it is taken as delivered before"
+                        ),
+                        EtagCheck::Different { stored, staged } => {
+                            return Err(SinkError::failed(
+                                "put",
+                                self.target(key),
+                                SinkErrorKind::KeyConflict,
+                                format!(
+                                    "a different object of the same size ({len} bytes) already \
+                                     holds this key (ETag {stored}, the staged file's is \
+                                     {staged}) and if_none_match forbids overwriting it"
+                                ),
+                                None,
+                            ));
+                        }
+                    }
                     tracing::info!(
                         key,
                         bytes = len,
@@ -562,6 +596,53 @@ impl S3Sink {
             )),
             Err(e) => Err(self.classify("head", key, false, e)),
         }
+    }
+
+    /// Compares the ETag of the object at `key` (from `head`) with the one S3 would give
+    /// the staged file.
+    async fn compare_etag(
+        &self,
+        head: &HeadObjectOutput,
+        key: &str,
+        path: &Path,
+        len: u64,
+    ) -> Result<EtagCheck, SinkError> {
+        if head.sse_customer_algorithm().is_some() {
+            return Ok(EtagCheck::Unverifiable("SSE-C: the ETag is not an MD5"));
+        }
+        if matches!(
+            head.server_side_encryption(),
+            Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
+        ) {
+            return Ok(EtagCheck::Unverifiable("SSE-KMS: the ETag is not an MD5"));
+        }
+        let Some(stored) = head.e_tag() else {
+            return Ok(EtagCheck::Unverifiable("the store returned no ETag"));
+        };
+        let stored = stored.trim_matches('"').to_ascii_lowercase();
+        let parts = match stored.split_once('-') {
+            None => None,
+            Some((_, count)) => {
+                let ranges = part_ranges(len, self.settings.part_size);
+                if count.parse::<usize>().ok() != Some(ranges.len()) {
+                    return Ok(EtagCheck::Unverifiable(
+                        "a multipart object with another part count (part_size changed)",
+                    ));
+                }
+                Some(ranges)
+            }
+        };
+        let owned = path.to_owned();
+        let target = self.target(key);
+        let staged = tokio::task::spawn_blocking(move || expected_etag(&owned, len, parts))
+            .await
+            .map_err(|e| staged_file_error(&target, path, Box::new(e)))?
+            .map_err(|e| staged_file_error(&target, path, Box::new(e)))?;
+        Ok(if staged == stored {
+            EtagCheck::Same
+        } else {
+            EtagCheck::Different { stored, staged }
+        })
     }
 
     async fn put_multipart(
@@ -683,7 +764,7 @@ impl S3Sink {
             }
             Err(e) if http_status(&e) == Some(412) => {
                 guard.abort_now().await;
-                self.resolve_existing(client, key, len)
+                self.resolve_existing(client, key, path, len)
                     .await
                     .map_err(Multipart::Fail)
             }
@@ -854,6 +935,43 @@ enum Multipart {
     Restart(SinkError),
     /// Give up this `put_file` call.
     Fail(SinkError),
+}
+
+/// How an object found at a key compares with the staged file.
+#[derive(Debug)]
+enum EtagCheck {
+    /// The same bytes.
+    Same,
+    /// Other bytes: the two ETags (lowercase, unquoted).
+    Different { stored: String, staged: String },
+    /// The ETag is not an MD5 of the bytes, or not one this sink can compute: why.
+    Unverifiable(&'static str),
+}
+
+/// The ETag S3 gives an object of `path`'s `len` bytes when it is not encrypted with
+/// SSE-KMS or SSE-C: the hex MD5 of the bytes for one PutObject; for a multipart upload of
+/// `parts`, the hex MD5 of the concatenated part MD5s, then `-` and the part count.
+fn expected_etag(
+    path: &Path,
+    len: u64,
+    parts: Option<Vec<(i32, u64, u64)>>,
+) -> std::io::Result<String> {
+    let hex = |digest: [u8; 16]| {
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    match parts {
+        None => Ok(hex(md5_of_file_range(path, 0, len)?)),
+        Some(parts) => {
+            let mut composite = Md5::new();
+            for &(_, offset, length) in &parts {
+                composite.update(&md5_of_file_range(path, offset, length)?);
+            }
+            Ok(format!("{}-{}", hex(composite.finish()), parts.len()))
+        }
+    }
 }
 
 /// `(part number, offset, length)` of every part; the part size grows if the file would
