@@ -453,28 +453,15 @@ fn empty_records_with_a_valid_token_are_bounded_by_count_before_decoding() {
 fn unpublishable_values_are_quarantined_and_the_batch_goes_on() {
     let env = env();
     let pki = env.pki.clone();
+    let mut batch = records(2, 0, 5);
+    // Year 10000, year 2100, packets = 2^63; records 3 and 4 are good.
+    batch[0].start = Some(253_402_300_800);
+    batch[0].end = Some(253_402_300_800);
+    batch[1].start = Some(4_102_444_800);
+    batch[1].end = Some(4_102_444_800);
+    batch[2].packets = Some(1 << 63);
     let (published, log, answer) = scenario(&env, move |server, _stop, ready| {
-        rt().block_on(async move {
-            let mut client = flowlog_transport::pb::ingest_client::IngestClient::new(channel(
-                &server,
-                &ClientTls::trusting(&pki),
-            ));
-            let mut batch = records(2, 0, 5);
-            // Year 10000, year 2100, packets = 2^63; records 3 and 4 are good.
-            batch[0].start = Some(253_402_300_800);
-            batch[0].end = Some(253_402_300_800);
-            batch[1].start = Some(4_102_444_800);
-            batch[1].end = Some(4_102_444_800);
-            batch[2].packets = Some(1 << 63);
-            let answer = push(
-                &mut client,
-                Some(AGENT_B.1),
-                push_request(AGENT_B.0, 5, 1, encode_batch(&batch)),
-            )
-            .await;
-            ready.store(true, Ordering::Relaxed);
-            answer
-        })
+        push_once_as_b(&server, &pki, &batch, &ready)
     });
     assert!(answer.is_ok(), "{answer:?}\n{log}");
     assert_eq!(published.get(&2_000_003), Some(&1));
@@ -520,23 +507,10 @@ fn unpublishable_values_are_quarantined_and_the_batch_goes_on() {
 fn an_agent_cannot_publish_under_another_account() {
     let env = env();
     let pki = env.pki.clone();
+    let mut batch = records(3, 0, 3);
+    batch[2].account_id = Some("210987654321".into());
     let (published, log, answer) = scenario(&env, move |server, _stop, ready| {
-        rt().block_on(async move {
-            let mut client = flowlog_transport::pb::ingest_client::IngestClient::new(channel(
-                &server,
-                &ClientTls::trusting(&pki),
-            ));
-            let mut batch = records(3, 0, 3);
-            batch[2].account_id = Some("210987654321".into());
-            let answer = push(
-                &mut client,
-                Some(AGENT_B.1),
-                push_request(AGENT_B.0, 5, 1, encode_batch(&batch)),
-            )
-            .await;
-            ready.store(true, Ordering::Relaxed);
-            answer
-        })
+        push_once_as_b(&server, &pki, &batch, &ready)
     });
     let e = answer.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
@@ -554,6 +528,29 @@ fn an_agent_cannot_publish_under_another_account() {
         "nothing of the refused batch is published"
     );
     assert_good_agent_exactly_once(&published);
+}
+
+/// Pushes `batch` once as agent B (spool 5, seq 1), then marks the attack ready.
+fn push_once_as_b(
+    server: &Server,
+    pki: &flowlog_tests::pki::TestPki,
+    batch: &[FlowRecord],
+    ready: &AtomicBool,
+) -> Result<flowlog_transport::pb::PushReply, tonic::Status> {
+    rt().block_on(async {
+        let mut client = flowlog_transport::pb::ingest_client::IngestClient::new(channel(
+            server,
+            &ClientTls::trusting(pki),
+        ));
+        let answer = push(
+            &mut client,
+            Some(AGENT_B.1),
+            push_request(AGENT_B.0, 5, 1, encode_batch(batch)),
+        )
+        .await;
+        ready.store(true, Ordering::Relaxed);
+        answer
+    })
 }
 
 /// Runs futures concurrently on the current runtime and returns their outputs in order.
