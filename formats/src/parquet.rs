@@ -30,6 +30,7 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, GzipLevel};
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::reader::ChunkReader;
 
@@ -120,6 +121,17 @@ pub enum ParquetError {
     /// The columns do not form a valid format (none, or a field twice).
     #[error("the columns do not form a valid log format")]
     Format(#[from] FormatError),
+    /// The footer describes a column chunk that cannot exist (a negative offset or size),
+    /// which the Parquet decoder would not survive.
+    #[error("row group {row_group}, column {column}: {problem}")]
+    ColumnChunk {
+        /// 0-based row group index.
+        row_group: usize,
+        /// 0-based column index.
+        column: usize,
+        /// What is wrong.
+        problem: String,
+    },
     /// One row holds a value that does not fit its field; reading goes on with the next row.
     #[error("row {row}: {problem}")]
     Row {
@@ -527,6 +539,7 @@ impl ParquetReader {
         // dictionary or view types some writers record come back as plain columns.
         let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
         let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(input, options)?;
+        check_column_chunks(builder.metadata())?;
         let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         let fields = builder
             .schema()
@@ -607,6 +620,35 @@ impl ParquetReader {
         }
         Ok(record)
     }
+}
+
+/// Refuses a footer whose column chunks have a negative offset or size: the decoder
+/// asserts they do not (`ColumnChunkMetaData::byte_range`) and would panic on them.
+fn check_column_chunks(metadata: &ParquetMetaData) -> Result<(), ParquetError> {
+    for (row_group, group) in metadata.row_groups().iter().enumerate() {
+        for (column, chunk) in group.columns().iter().enumerate() {
+            let bad = |problem: String| ParquetError::ColumnChunk {
+                row_group,
+                column,
+                problem,
+            };
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or(chunk.data_page_offset());
+            if start < 0 {
+                return Err(bad(format!("negative start offset {start}")));
+            }
+            if chunk.data_page_offset() < 0 {
+                let offset = chunk.data_page_offset();
+                return Err(bad(format!("negative data page offset {offset}")));
+            }
+            if chunk.compressed_size() < 0 {
+                let size = chunk.compressed_size();
+                return Err(bad(format!("negative compressed size {size}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Iterator for ParquetReader {
@@ -1173,6 +1215,21 @@ mod tests {
             let (format, back) = read(write(&full_catalog(), &records, &options));
             prop_assert_eq!(format, full_catalog());
             prop_assert_eq!(back, records);
+        }
+    }
+
+    /// Fuzzing regression (`fuzz/regressions/parquet/negative-column-chunk-offset`): a
+    /// footer whose column chunk starts at a negative offset made the Parquet decoder panic
+    /// on the first read; it is refused when the file is opened, naming the chunk.
+    #[test]
+    fn negative_column_chunk_offset_is_refused_at_open() {
+        let data = include_bytes!("../../fuzz/regressions/parquet/negative-column-chunk-offset");
+        match ParquetReader::new(Bytes::from_static(data)) {
+            Err(e @ ParquetError::ColumnChunk { .. }) => {
+                assert!(e.to_string().starts_with("row group "), "{e}");
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a column chunk with a negative offset was accepted"),
         }
     }
 }
