@@ -7,24 +7,33 @@ use flowlog_formats::FlowRecord;
 /// Name of the segment the input becomes: the spool's first segment (seq 1).
 const SEGMENT: &str = "00000000000000000001.seg";
 
-/// Writes `data` as the only segment of a spool directory and opens the spool (the
-/// recovery scan). If it opens, every batch it found reads back (or fails with a message),
+/// Creates a spool (so that its meta file exists), closes it, writes `data` as its only
+/// segment and opens the spool again (the recovery scan). If it opens, every batch it found reads back (or fails with a message),
 /// and its records add up to what the spool reports; a batch appended after recovery reads
 /// back, and reopening finds the same batches plus the new one. Errors carry a message.
 pub fn spool(data: &[u8]) {
     let Ok(root) = tempfile::tempdir() else {
         return;
     };
-    let dir = root.path().join("spool");
-    if std::fs::create_dir(&dir).is_err() || std::fs::write(dir.join(SEGMENT), data).is_err() {
-        return;
-    }
     let settings = SpoolSettings {
-        dir,
+        dir: root.path().join("spool"),
         max_bytes: 64 << 20,
         segment_bytes: 1 << 20,
         fsync: FsyncPolicy::Never,
     };
+    // A fresh spool writes its meta file (spool id, next seq); segments without one are
+    // refused before they are scanned.
+    match Spool::open(&settings) {
+        Ok(mut fresh) => {
+            if let Err(e) = fresh.close() {
+                panic!("closing a fresh spool failed: {e}");
+            }
+        }
+        Err(e) => panic!("creating a spool failed: {e}"),
+    }
+    if std::fs::write(settings.dir.join(SEGMENT), data).is_err() {
+        return;
+    }
     let mut spool = match Spool::open(&settings) {
         Ok(spool) => spool,
         Err(e) => {
