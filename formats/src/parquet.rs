@@ -538,7 +538,10 @@ impl ParquetReader {
         // Ignore an embedded Arrow schema: types follow from the Parquet schema alone, so
         // dictionary or view types some writers record come back as plain columns.
         let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
-        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(input, options)?;
+        let builder = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ParquetRecordBatchReaderBuilder::try_new_with_options(input, options)
+        }))
+        .map_err(|panic| ParquetError::Arrow(decoder_panic(&*panic)))??;
         check_column_chunks(builder.metadata())?;
         let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         let fields = builder
@@ -622,6 +625,18 @@ impl ParquetReader {
     }
 }
 
+/// Turns a panic of the parquet decoder into the error of the file being read.
+fn decoder_panic(panic: &(dyn std::any::Any + Send)) -> ArrowError {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    ArrowError::ParquetError(format!(
+        "the parquet decoder failed on a corrupt page: {detail}"
+    ))
+}
+
 /// Refuses a footer whose column chunks have a negative offset or size: the decoder
 /// asserts they do not (`ColumnChunkMetaData::byte_range`) and would panic on them.
 fn check_column_chunks(metadata: &ParquetMetaData) -> Result<(), ParquetError> {
@@ -659,7 +674,13 @@ impl Iterator for ParquetReader {
             return None;
         }
         while self.next_in_batch >= self.batch_rows {
-            let loaded = match self.batches.next()? {
+            // The parquet decoder asserts invariants of the pages it reads and panics when
+            // a corrupt file breaks them (a dictionary-encoded page without a dictionary
+            // page, for one); such a panic is this file's error, not the process's end.
+            let batches = &mut self.batches;
+            let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batches.next()))
+                .unwrap_or_else(|panic| Some(Err(decoder_panic(&*panic))));
+            let loaded = match next? {
                 Ok(batch) => self.load(&batch),
                 Err(e) => Err(e.into()),
             };
@@ -1231,5 +1252,26 @@ mod tests {
             Err(e) => panic!("unexpected error: {e}"),
             Ok(_) => panic!("a column chunk with a negative offset was accepted"),
         }
+    }
+
+    /// Fuzzing regression (`fuzz/regressions/parquet/dictionary-page-missing`): a column
+    /// chunk whose data page is dictionary-encoded but that has no dictionary page made the
+    /// parquet decoder panic ("Decoder for dict should have been set"); the reader returns
+    /// the panic as this file's error and stops.
+    #[test]
+    fn a_panic_of_the_parquet_decoder_is_an_error_of_the_file() {
+        let data = include_bytes!("../../fuzz/regressions/parquet/dictionary-page-missing");
+        let mut reader = ParquetReader::new(Bytes::from_static(data)).unwrap();
+        let error = loop {
+            match reader.next() {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e,
+                None => panic!("the corrupt page was read without an error"),
+            }
+        };
+        assert!(!error.is_row_error());
+        let source = std::error::Error::source(&error).unwrap().to_string();
+        assert!(source.contains("corrupt page"), "{source}");
+        assert!(reader.next().is_none());
     }
 }
