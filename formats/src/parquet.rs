@@ -556,7 +556,10 @@ impl ParquetReader {
             .iter()
             .map(|f| FlowRecord::is_text_field(*f))
             .collect();
-        let batches = builder.with_batch_size(BATCH_ROWS).build()?;
+        let batches = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            builder.with_batch_size(BATCH_ROWS).build()
+        }))
+        .map_err(|panic| ParquetError::Arrow(decoder_panic(&*panic)))??;
         Ok(ParquetReader {
             batches,
             shared: vec![None; format.len()],
@@ -637,10 +640,26 @@ fn decoder_panic(panic: &(dyn std::any::Any + Send)) -> ArrowError {
     ))
 }
 
-/// Refuses a footer whose column chunks have a negative offset or size: the decoder
-/// asserts they do not (`ColumnChunkMetaData::byte_range`) and would panic on them.
+/// Refuses a footer whose column chunks have a negative offset or size, or whose row
+/// groups' row counts are negative or add up past what a file can hold: the decoder
+/// asserts the former (`ColumnChunkMetaData::byte_range`) and adds up the latter unchecked.
 fn check_column_chunks(metadata: &ParquetMetaData) -> Result<(), ParquetError> {
+    let mut rows: i64 = 0;
     for (row_group, group) in metadata.row_groups().iter().enumerate() {
+        let counted = rows
+            .checked_add(group.num_rows())
+            .filter(|_| group.num_rows() >= 0);
+        let Some(counted) = counted else {
+            return Err(ParquetError::ColumnChunk {
+                row_group,
+                column: 0,
+                problem: format!(
+                    "row count {} is negative or makes the file's rows overflow",
+                    group.num_rows()
+                ),
+            });
+        };
+        rows = counted;
         for (column, chunk) in group.columns().iter().enumerate() {
             let bad = |problem: String| ParquetError::ColumnChunk {
                 row_group,
@@ -1273,5 +1292,17 @@ mod tests {
         let source = std::error::Error::source(&error).unwrap().to_string();
         assert!(source.contains("corrupt page"), "{source}");
         assert!(reader.next().is_none());
+    }
+
+    /// Fuzzing regression (`fuzz/regressions/parquet/row-count-overflow`): row groups whose
+    /// row counts add up past `usize::MAX` made the decoder's unchecked sum overflow (a
+    /// panic in builds with overflow checks); the file is refused when it is opened.
+    #[test]
+    fn row_counts_that_overflow_are_refused_at_open() {
+        let data = include_bytes!("../../fuzz/regressions/parquet/row-count-overflow");
+        match ParquetReader::new(Bytes::from_static(data)) {
+            Err(e) => assert!(e.to_string().contains("row group"), "{e}"),
+            Ok(_) => panic!("row counts that overflow were accepted"),
+        }
     }
 }
