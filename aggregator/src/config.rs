@@ -525,6 +525,20 @@ pub struct LoadOptions {
     pub ignore_unknown: bool,
 }
 
+/// Returns a key as it is written in TOML: bare if it can be, else quoted, so that a
+/// problem names even an empty or odd key (`[""]` is the section `""`).
+fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    }
+}
+
 /// Collects problems while validating.
 #[derive(Debug, Default)]
 struct Problems(Vec<Problem>);
@@ -632,7 +646,7 @@ fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<P
     for (name, value) in table.iter().filter(|_| !options.ignore_unknown) {
         match SECTIONS.iter().find(|(s, _)| s == name) {
             None => p.add(
-                name.as_str(),
+                toml_key(name),
                 format!(
                     "unknown section; expected one of {}",
                     SECTIONS
@@ -646,7 +660,7 @@ fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<P
                 None => p.add(name.as_str(), "must be a table ([section])"),
                 Some(t) => {
                     for key in t.keys().filter(|k| !keys.contains(&k.as_str())) {
-                        p.add(format!("{name}.{key}"), "unknown key");
+                        p.add(format!("{name}.{}", toml_key(key)), "unknown key");
                     }
                 }
             },
@@ -1559,5 +1573,15 @@ mod tests {
         assert_eq!("64MiB".parse::<ByteSize>(), Ok(ByteSize(64 << 20)));
         assert_eq!("75MB".parse::<ByteSize>(), Ok(ByteSize(75_000_000)));
         assert!("5 parsecs".parse::<ByteSize>().is_err());
+    }
+
+    /// Fuzzing regression (`fuzz/regressions/aggregator_config/empty-section-name`): an
+    /// unknown section named `""` was reported under an empty key, naming nothing.
+    #[test]
+    fn unknown_sections_and_keys_with_odd_names_are_quoted() {
+        let err = parse("[\"\"]\n[output]\n\"a b\" = 1\n", "t.toml").unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"\"\""), "{keys:?}");
+        assert!(keys.contains(&"output.\"a b\""), "{keys:?}");
     }
 }

@@ -30,6 +30,7 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, GzipLevel};
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::reader::ChunkReader;
 
@@ -120,6 +121,17 @@ pub enum ParquetError {
     /// The columns do not form a valid format (none, or a field twice).
     #[error("the columns do not form a valid log format")]
     Format(#[from] FormatError),
+    /// The footer describes a column chunk that cannot exist (a negative offset or size),
+    /// which the Parquet decoder would not survive.
+    #[error("row group {row_group}, column {column}: {problem}")]
+    ColumnChunk {
+        /// 0-based row group index.
+        row_group: usize,
+        /// 0-based column index.
+        column: usize,
+        /// What is wrong.
+        problem: String,
+    },
     /// One row holds a value that does not fit its field; reading goes on with the next row.
     #[error("row {row}: {problem}")]
     Row {
@@ -526,7 +538,11 @@ impl ParquetReader {
         // Ignore an embedded Arrow schema: types follow from the Parquet schema alone, so
         // dictionary or view types some writers record come back as plain columns.
         let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
-        let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(input, options)?;
+        let builder = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ParquetRecordBatchReaderBuilder::try_new_with_options(input, options)
+        }))
+        .map_err(|panic| ParquetError::Arrow(decoder_panic(&*panic)))??;
+        check_column_chunks(builder.metadata())?;
         let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         let fields = builder
             .schema()
@@ -540,7 +556,10 @@ impl ParquetReader {
             .iter()
             .map(|f| FlowRecord::is_text_field(*f))
             .collect();
-        let batches = builder.with_batch_size(BATCH_ROWS).build()?;
+        let batches = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            builder.with_batch_size(BATCH_ROWS).build()
+        }))
+        .map_err(|panic| ParquetError::Arrow(decoder_panic(&*panic)))??;
         Ok(ParquetReader {
             batches,
             shared: vec![None; format.len()],
@@ -609,6 +628,63 @@ impl ParquetReader {
     }
 }
 
+/// Turns a panic of the parquet decoder into the error of the file being read.
+fn decoder_panic(panic: &(dyn std::any::Any + Send)) -> ArrowError {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    ArrowError::ParquetError(format!(
+        "the parquet decoder failed on a corrupt page: {detail}"
+    ))
+}
+
+/// Refuses a footer whose column chunks have a negative offset or size, or whose row
+/// groups' row counts are negative or add up past what a file can hold: the decoder
+/// asserts the former (`ColumnChunkMetaData::byte_range`) and adds up the latter unchecked.
+fn check_column_chunks(metadata: &ParquetMetaData) -> Result<(), ParquetError> {
+    let mut rows: i64 = 0;
+    for (row_group, group) in metadata.row_groups().iter().enumerate() {
+        let counted = rows
+            .checked_add(group.num_rows())
+            .filter(|_| group.num_rows() >= 0);
+        let Some(counted) = counted else {
+            return Err(ParquetError::ColumnChunk {
+                row_group,
+                column: 0,
+                problem: format!(
+                    "row count {} is negative or makes the file's rows overflow",
+                    group.num_rows()
+                ),
+            });
+        };
+        rows = counted;
+        for (column, chunk) in group.columns().iter().enumerate() {
+            let bad = |problem: String| ParquetError::ColumnChunk {
+                row_group,
+                column,
+                problem,
+            };
+            let start = chunk
+                .dictionary_page_offset()
+                .unwrap_or(chunk.data_page_offset());
+            if start < 0 {
+                return Err(bad(format!("negative start offset {start}")));
+            }
+            if chunk.data_page_offset() < 0 {
+                let offset = chunk.data_page_offset();
+                return Err(bad(format!("negative data page offset {offset}")));
+            }
+            if chunk.compressed_size() < 0 {
+                let size = chunk.compressed_size();
+                return Err(bad(format!("negative compressed size {size}")));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Iterator for ParquetReader {
     type Item = Result<FlowRecord, ParquetError>;
 
@@ -617,7 +693,13 @@ impl Iterator for ParquetReader {
             return None;
         }
         while self.next_in_batch >= self.batch_rows {
-            let loaded = match self.batches.next()? {
+            // The parquet decoder asserts invariants of the pages it reads and panics when
+            // a corrupt file breaks them (a dictionary-encoded page without a dictionary
+            // page, for one); such a panic is this file's error, not the process's end.
+            let batches = &mut self.batches;
+            let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| batches.next()))
+                .unwrap_or_else(|panic| Some(Err(decoder_panic(&*panic))));
+            let loaded = match next? {
                 Ok(batch) => self.load(&batch),
                 Err(e) => Err(e.into()),
             };
@@ -1173,6 +1255,54 @@ mod tests {
             let (format, back) = read(write(&full_catalog(), &records, &options));
             prop_assert_eq!(format, full_catalog());
             prop_assert_eq!(back, records);
+        }
+    }
+
+    /// Fuzzing regression (`fuzz/regressions/parquet/negative-column-chunk-offset`): a
+    /// footer whose column chunk starts at a negative offset made the Parquet decoder panic
+    /// on the first read; it is refused when the file is opened, naming the chunk.
+    #[test]
+    fn negative_column_chunk_offset_is_refused_at_open() {
+        let data = include_bytes!("../../fuzz/regressions/parquet/negative-column-chunk-offset");
+        match ParquetReader::new(Bytes::from_static(data)) {
+            Err(e @ ParquetError::ColumnChunk { .. }) => {
+                assert!(e.to_string().starts_with("row group "), "{e}");
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("a column chunk with a negative offset was accepted"),
+        }
+    }
+
+    /// Fuzzing regression (`fuzz/regressions/parquet/dictionary-page-missing`): a column
+    /// chunk whose data page is dictionary-encoded but that has no dictionary page made the
+    /// parquet decoder panic ("Decoder for dict should have been set"); the reader returns
+    /// the panic as this file's error and stops.
+    #[test]
+    fn a_panic_of_the_parquet_decoder_is_an_error_of_the_file() {
+        let data = include_bytes!("../../fuzz/regressions/parquet/dictionary-page-missing");
+        let mut reader = ParquetReader::new(Bytes::from_static(data)).unwrap();
+        let error = loop {
+            match reader.next() {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e,
+                None => panic!("the corrupt page was read without an error"),
+            }
+        };
+        assert!(!error.is_row_error());
+        let source = std::error::Error::source(&error).unwrap().to_string();
+        assert!(source.contains("corrupt page"), "{source}");
+        assert!(reader.next().is_none());
+    }
+
+    /// Fuzzing regression (`fuzz/regressions/parquet/row-count-overflow`): row groups whose
+    /// row counts add up past `usize::MAX` made the decoder's unchecked sum overflow (a
+    /// panic in builds with overflow checks); the file is refused when it is opened.
+    #[test]
+    fn row_counts_that_overflow_are_refused_at_open() {
+        let data = include_bytes!("../../fuzz/regressions/parquet/row-count-overflow");
+        match ParquetReader::new(Bytes::from_static(data)) {
+            Err(e) => assert!(e.to_string().contains("row group"), "{e}"),
+            Ok(_) => panic!("row counts that overflow were accepted"),
         }
     }
 }

@@ -37,9 +37,11 @@ const FLUSH_AT: usize = 64 * 1024;
 /// Appends one record as a text line (with its `\n`) to `out`.
 ///
 /// `version` is the value written for the `version` field (see [`LogFormat::version`]).
-/// Text values that contain whitespace, control characters, `"` or `%` are
-/// percent-encoded (as AWS does for tag values) so that a line always splits into exactly
-/// as many fields as the header has.
+/// Whitespace and control characters in text values (which only records built in code
+/// can hold: readers refuse them) are percent-encoded so that a line always splits into
+/// exactly as many fields as the header has. Every other byte, `%` included, is written as
+/// it is, so a value read from a text file (such as a tag AWS percent-encoded) is written
+/// back unchanged.
 pub fn encode_line(out: &mut Vec<u8>, format: &LogFormat, version: u8, record: &FlowRecord) {
     for (i, field) in format.fields().iter().enumerate() {
         if i > 0 {
@@ -168,7 +170,7 @@ fn push_ipv4(out: &mut Vec<u8>, ip: Ipv4Addr) {
 }
 
 fn needs_escape(b: u8) -> bool {
-    b <= b' ' || b == 0x7f || b == b'"' || b == b'%'
+    b <= b' ' || b == 0x7f
 }
 
 fn push_text(out: &mut Vec<u8>, s: &str) {
@@ -678,10 +680,24 @@ mod tests {
     }
 
     #[test]
-    fn awkward_text_is_percent_encoded() {
+    fn whitespace_and_control_characters_are_percent_encoded() {
         let mut out = Vec::new();
-        push_text(&mut out, "a b\"c%d\te");
-        assert_eq!(out, b"a%20b%22c%25d%09e");
+        push_text(&mut out, "a b\"c%d\te\x7f");
+        assert_eq!(out, b"a%20b\"c%d%09e%7F");
+    }
+
+    /// Fuzzing regression (`fuzz/regressions/text/percent-encoded-tag`): the writer
+    /// percent-encoded `%` and `"`, which the reader keeps as they are, so every text →
+    /// text conversion changed such values (`a%20b` → `a%2520b`).
+    #[test]
+    fn text_values_read_from_a_file_are_written_back_unchanged() {
+        let input = "version instance-tag vpc-id\n11 name=web%20100%25 \"vpc-1\"\n";
+        let mut reader = TextReader::with_header(input.as_bytes()).unwrap();
+        let record = reader.read_record().unwrap().unwrap();
+        assert_eq!(record.instance_tag.as_deref(), Some("name=web%20100%25"));
+        let mut out = TextWriter::new(Vec::new(), reader.format().clone()).unwrap();
+        out.write_record(&record).unwrap();
+        assert_eq!(String::from_utf8(out.finish().unwrap()).unwrap(), input);
     }
 
     #[test]
