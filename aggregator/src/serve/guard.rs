@@ -249,13 +249,11 @@ async fn admit(
     started: Instant,
 ) -> Result<(Request<Body>, [OwnedSemaphorePermit; 2]), Refusal> {
     let GuardParts {
-        auth,
-        agent_permit,
+        caller,
         calls,
         limits,
     } = guard;
-    let grant = auth?;
-    let agent_call = agent_permit?;
+    let (grant, agent_call) = caller?;
     let (mut parts, mut body) = request.into_parts();
 
     // The prefix tells the message's size before anything else is read.
@@ -325,8 +323,8 @@ async fn admit(
 
 /// What [`admit`] needs, taken from the guard before the call's future starts.
 struct GuardParts {
-    auth: Result<Arc<Grant>, Refusal>,
-    agent_permit: Result<OwnedSemaphorePermit, Refusal>,
+    /// The authenticated caller and its per-agent call permit, or why there is none.
+    caller: Result<(Arc<Grant>, OwnedSemaphorePermit), Refusal>,
     calls: Arc<Semaphore>,
     limits: GuardLimits,
 }
@@ -354,7 +352,7 @@ where
         let started = Instant::now();
         let peer = peer_of(&request);
         // Who calls is decided from the headers alone.
-        let auth = self
+        let caller = self
             .auth
             .identify(
                 request
@@ -365,14 +363,13 @@ where
             .map_err(|failure| {
                 self.metrics.observe_auth_failure(failure.reason());
                 Refusal::new(failure.status(""), None, failure.reason())
+            })
+            .and_then(|grant| {
+                let permit = self.agent_call(&grant.agent)?;
+                Ok((grant, permit))
             });
-        let agent_permit = match &auth {
-            Ok(grant) => self.agent_call(&grant.agent),
-            Err(_) => Err(Refusal::new(Status::unknown(""), None, "")),
-        };
         let parts = GuardParts {
-            auth,
-            agent_permit,
+            caller,
             calls: Arc::clone(&self.calls),
             limits: self.limits,
         };
@@ -391,9 +388,7 @@ where
                     {
                         metrics.observe_refused(refusal.reason);
                     }
-                    if !refusal.reason.is_empty()
-                        && let Some(suppressed) = log.allow(refusal.reason)
-                    {
+                    if let Some(suppressed) = log.allow(refusal.reason) {
                         tracing::warn!(
                             peer = %peer,
                             reason = refusal.reason,
