@@ -26,11 +26,12 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader,
+    ParquetRecordBatchReaderBuilder,
 };
 use parquet::arrow::arrow_writer::ArrowWriterOptions;
 use parquet::basic::{Compression, GzipLevel};
-use parquet::file::metadata::ParquetMetaData;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::reader::ChunkReader;
 
@@ -38,6 +39,10 @@ use crate::field::{FieldId, ParquetType};
 use crate::format::{FormatError, LogFormat};
 use crate::record::{FlowRecord, Text, Value, ValueError};
 use crate::text::CountingWriter;
+
+mod prescan;
+
+pub use prescan::ThriftProblem;
 
 /// Default gzip level of Parquet pages.
 pub const DEFAULT_GZIP_LEVEL: u32 = 6;
@@ -131,6 +136,12 @@ pub enum ParquetError {
         column: usize,
         /// What is wrong.
         problem: String,
+    },
+    /// The footer's Thrift structure is malformed or declares more than its bytes hold.
+    #[error("footer: {problem}")]
+    Footer {
+        /// What is wrong, with the byte offset inside the footer.
+        problem: ThriftProblem,
     },
     /// One row holds a value that does not fit its field; reading goes on with the next row.
     #[error("row {row}: {problem}")]
@@ -537,12 +548,22 @@ impl ParquetReader {
     fn build<T: ChunkReader + 'static>(input: T) -> Result<Self, ParquetError> {
         // Ignore an embedded Arrow schema: types follow from the Parquet schema alone, so
         // dictionary or view types some writers record come back as plain columns.
-        let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
-        let builder = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            ParquetRecordBatchReaderBuilder::try_new_with_options(input, options)
+        // Page headers are found by walking each column chunk (no page index), the walk
+        // `prescan` checks before the decoder does it.
+        let options = ArrowReaderOptions::new()
+            .with_skip_arrow_metadata(true)
+            .with_page_index_policy(PageIndexPolicy::Skip);
+        prescan::check_file_footer(&input)?;
+        let metadata = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ArrowReaderMetadata::load(&input, options)
         }))
         .map_err(|panic| ParquetError::Arrow(decoder_panic(&*panic)))??;
-        check_column_chunks(builder.metadata())?;
+        check_column_chunks(metadata.metadata())?;
+        prescan::check_pages(&input, metadata.metadata())?;
+        let builder = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            ParquetRecordBatchReaderBuilder::new_with_metadata(input, metadata)
+        }))
+        .map_err(|panic| ParquetError::Arrow(decoder_panic(&*panic)))?;
         let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
         let fields = builder
             .schema()
@@ -1263,7 +1284,7 @@ mod tests {
     /// on the first read; it is refused when the file is opened, naming the chunk.
     #[test]
     fn negative_column_chunk_offset_is_refused_at_open() {
-        let data = include_bytes!("../../fuzz/regressions/parquet/negative-column-chunk-offset");
+        let data = include_bytes!("../../../fuzz/regressions/parquet/negative-column-chunk-offset");
         match ParquetReader::new(Bytes::from_static(data)) {
             Err(e @ ParquetError::ColumnChunk { .. }) => {
                 assert!(e.to_string().starts_with("row group "), "{e}");
@@ -1276,11 +1297,36 @@ mod tests {
     /// Fuzzing regression (`fuzz/regressions/parquet/dictionary-page-missing`): a column
     /// chunk whose data page is dictionary-encoded but that has no dictionary page made the
     /// parquet decoder panic ("Decoder for dict should have been set"); the reader returns
-    /// the panic as this file's error and stops.
+    /// the panic as this file's error and stops. (The fuzzed input is now refused earlier,
+    /// at open, for a malformed page header further on; the same panic is reached here
+    /// through a file whose dictionary page is marked as an index page.)
     #[test]
     fn a_panic_of_the_parquet_decoder_is_an_error_of_the_file() {
-        let data = include_bytes!("../../fuzz/regressions/parquet/dictionary-page-missing");
-        let mut reader = ParquetReader::new(Bytes::from_static(data)).unwrap();
+        let data = include_bytes!("../../../fuzz/regressions/parquet/dictionary-page-missing");
+        let error = ParquetReader::new(Bytes::from_static(data)).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("row group 0, column 4: page 2 at byte 488"),
+            "{error}"
+        );
+
+        let format = LogFormat::aws_default();
+        let options = ParquetOptions {
+            dictionary: true,
+            ..ParquetOptions::default()
+        };
+        let mut data = write(&format, &samples(), &options);
+        let metadata = SerializedFileReader::new(Bytes::from(data.clone()))
+            .unwrap()
+            .metadata()
+            .clone();
+        let chunk = metadata.row_group(0).column(0);
+        let at = chunk.dictionary_page_offset().unwrap() as usize;
+        // Field 1 of the page header, `type`: DICTIONARY_PAGE (2) becomes INDEX_PAGE (1).
+        assert_eq!(&data[at..at + 2], &[0x15, 0x04]);
+        data[at + 1] = 0x02;
+        let mut reader = ParquetReader::new(Bytes::from(data)).unwrap();
         let error = loop {
             match reader.next() {
                 Some(Ok(_)) => {}
@@ -1294,12 +1340,39 @@ mod tests {
         assert!(reader.next().is_none());
     }
 
+    /// Fuzzing regressions (`fuzz/regressions/parquet/timeout-*`): a few kilobytes whose
+    /// Thrift structures declare collections the decoder skips element by element without
+    /// consuming bytes (booleans; doubles past the end of a page header), which kept it busy
+    /// for seconds to minutes. The pre-scan refuses them when the file is opened, naming
+    /// where.
+    #[test]
+    fn structures_that_declare_more_than_their_bytes_are_refused_at_open() {
+        let cases: [(&[u8], &str); 3] = [
+            (
+                include_bytes!("../../../fuzz/regressions/parquet/timeout-page-header-skip-a"),
+                "row group 0, column 1: page 0 at byte 52: bad page header: a collection of 83192897 booleans at byte 3, which no Parquet structure has",
+            ),
+            (
+                include_bytes!("../../../fuzz/regressions/parquet/timeout-page-header-skip-b"),
+                "row group 0, column 0: page 0 at byte 4: bad page header: a map at byte 1 declares 91, more than the 45 bytes left",
+            ),
+            (
+                include_bytes!("../../../fuzz/regressions/parquet/timeout-footer-skip"),
+                "footer: a collection of 208080757 booleans at byte 359, which no Parquet structure has",
+            ),
+        ];
+        for (data, want) in cases {
+            let error = ParquetReader::new(Bytes::from_static(data)).unwrap_err();
+            assert_eq!(error.to_string(), want);
+        }
+    }
+
     /// Fuzzing regression (`fuzz/regressions/parquet/row-count-overflow`): row groups whose
     /// row counts add up past `usize::MAX` made the decoder's unchecked sum overflow (a
     /// panic in builds with overflow checks); the file is refused when it is opened.
     #[test]
     fn row_counts_that_overflow_are_refused_at_open() {
-        let data = include_bytes!("../../fuzz/regressions/parquet/row-count-overflow");
+        let data = include_bytes!("../../../fuzz/regressions/parquet/row-count-overflow");
         match ParquetReader::new(Bytes::from_static(data)) {
             Err(e) => assert!(e.to_string().contains("row group"), "{e}"),
             Ok(_) => panic!("row counts that overflow were accepted"),
