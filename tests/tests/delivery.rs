@@ -160,6 +160,7 @@ struct Aggregator {
     config: PathBuf,
     log: PathBuf,
     port: u16,
+    metrics_port: u16,
     out: PathBuf,
     child: Option<Child>,
 }
@@ -167,6 +168,7 @@ struct Aggregator {
 impl Aggregator {
     fn new(dir: &Path, pki: &TestPki, tokens: &Path) -> Aggregator {
         let port = free_port();
+        let metrics_port = free_port();
         let out = dir.join("out");
         let config = dir.join("aggregator.toml");
         fs::write(
@@ -187,6 +189,7 @@ dir = "{state}"
 [service]
 shutdown_grace = "60s"
 log_level = "info"
+metrics_address = "127.0.0.1:{metrics_port}"
 [listen]
 address = "127.0.0.1:{port}"
 tls_cert = "{cert}"
@@ -207,6 +210,7 @@ max_record_age = "3650d"
             config,
             log: dir.join("aggregator.log"),
             port,
+            metrics_port,
             out,
             child: None,
         }
@@ -241,6 +245,23 @@ max_record_age = "3650d"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Batches accepted since this process started (`flowlog_ingest_batches_total`), or
+    /// None while its metrics endpoint does not answer.
+    fn accepted_batches(&self) -> Option<u64> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut text).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("flowlog_ingest_batches_total{result=\"accepted\"} "))
+            .and_then(|n| n.trim().parse().ok())
     }
 
     fn kill9(&mut self) {
@@ -416,11 +437,14 @@ impl Rng {
         eprintln!("FLOWLOG_TEST_SEED={seed}");
         Rng(seed)
     }
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+    fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
-        Duration::from_millis(lo + self.0 % (hi - lo))
+        self.0 % n
+    }
+    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
+        Duration::from_millis(lo + self.below(hi - lo))
     }
 }
 
@@ -441,17 +465,40 @@ fn aggregator_killed_at_random_moments_loses_and_doubles_nothing() {
     let config = s.agent_config(&[agg.url()], "batch_records = 50\nmax_in_flight = 1");
     let mut agent = s.spawn_agent(&config, &pcap);
     let mut rng = Rng::new();
+    // A fixed number of kills, each after the aggregator has accepted a random number of
+    // batches (1–20) since it started, plus a few milliseconds; one kill in four at a
+    // random moment instead (during recovery, before the agent is back), or once 20
+    // batches are in. At most ~20 of the ~1,000 batches pass between kills, so the agent
+    // cannot finish before the last.
+    const KILLS: usize = 30;
     let mut kills = 0;
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(600);
-    while agent.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "agent did not finish: {}",
-            s.agent_log()
-        );
-        std::thread::sleep(rng.millis(50, 450));
-        if agent.try_wait().unwrap().is_some() {
+    let finished = |agent: &mut Child| agent.try_wait().unwrap().is_some();
+    while kills < KILLS && !finished(&mut agent) {
+        let blind = rng.below(4) == 0;
+        let batches = if blind { 20 } else { 1 + rng.below(20) };
+        let until = Instant::now()
+            + if blind {
+                rng.millis(0, 300)
+            } else {
+                Duration::from_secs(120)
+            };
+        while agg.accepted_batches().unwrap_or(0) < batches && !finished(&mut agent) {
+            if Instant::now() >= until {
+                assert!(
+                    blind,
+                    "the aggregator accepted fewer than {batches} batches in 120 s after kill {kills}\nagent:\n{}\naggregator:\n{}",
+                    s.agent_log(),
+                    agg.log_text()
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !blind {
+            std::thread::sleep(rng.millis(0, 5));
+        }
+        if finished(&mut agent) {
             break;
         }
         agg.kill9();
@@ -459,11 +506,11 @@ fn aggregator_killed_at_random_moments_loses_and_doubles_nothing() {
         std::thread::sleep(rng.millis(0, 300));
         agg.start();
     }
-    s.wait_agent_ok(&mut agent, Duration::from_secs(10), &agg);
+    s.wait_agent_ok(&mut agent, Duration::from_secs(300), &agg);
     agg.stop();
-    assert!(
-        kills >= 20,
-        "only {kills} kills happened before the agent finished: make the capture larger"
+    assert_eq!(
+        kills, KILLS,
+        "the agent finished after only {kills} kills: make the capture larger"
     );
     eprintln!(
         "{kills} kill -9 of the aggregator in {:.1} s, {} records",
