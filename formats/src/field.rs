@@ -191,6 +191,35 @@ mod tests {
         assert_eq!(FieldId::ALL[39], FieldId::RejectReason);
     }
 
+    /// docs/format.md is the users' copy of this catalog: its field table must list every
+    /// field, in this order, with this version, Parquet type and Athena type.
+    #[test]
+    fn the_format_document_lists_the_catalog() {
+        let doc = include_str!("../../docs/format.md");
+        let rows: Vec<Vec<&str>> = doc
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| l.split('|').map(str::trim).collect())
+            .filter(|cells: &Vec<&str>| cells.len() == 7 && cells[2].parse::<u8>().is_ok())
+            .collect();
+        let documented: Vec<String> = rows
+            .iter()
+            .map(|c| format!("{} {} {} {}", c[1], c[2], c[3], c[4]))
+            .collect();
+        let catalog: Vec<String> = FieldId::ALL
+            .iter()
+            .map(|f| {
+                let pq = match f.parquet_type() {
+                    ParquetType::Int32 => "INT32",
+                    ParquetType::Int64 => "INT64",
+                    ParquetType::Utf8 => "UTF8 string",
+                };
+                format!("`{}` {} {pq} `{}`", f.name(), f.version(), f.athena_type())
+            })
+            .collect();
+        assert_eq!(documented, catalog);
+    }
+
     #[test]
     fn versions_and_types_match_the_spec() {
         assert_eq!(FieldId::LogStatus.version(), 2);
