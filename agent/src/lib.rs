@@ -11,6 +11,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod nflog;
 pub mod pcap;
+pub mod prepare;
 pub mod replay;
 pub mod ship;
 #[cfg(feature = "standalone")]

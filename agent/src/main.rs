@@ -1,17 +1,31 @@
-//! Command-line entry point of `flowlog-agent`.
+//! Command-line entry point of `flowlog-agent`: one source (live capture or `--replay`)
+//! feeding one output (stdout, files through the publishing pipeline, or aggregators
+//! through the spool).
+//!
+//! ```text
+//! live capture ─┐                 ┌─▶ stdout         (--stdout)
+//!               ├─▶ RecordOutput ─┼─▶ files          (standalone, the default)
+//! --replay FILE ┘                 └─▶ spool ─▶ aggregators ([aggregator])
+//! ```
+//!
+//! Each source is written once ([`run_live`], [`run_replay`]) and sees an output only
+//! through [`RecordOutput`]; what an output does when its source ends (seal files, drain the
+//! spool) is its own. SIGINT/SIGTERM are registered once, in `main`, and end either source.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 
 use flowlog_agent::capture;
 use flowlog_agent::config::{self, AgentSettings};
 use flowlog_agent::metrics::AgentMetrics;
-use flowlog_agent::replay::{ReplayStats, prepare, replay};
+use flowlog_agent::prepare::prepare;
+use flowlog_agent::replay::{ReplayError, ReplayStats, replay};
 use flowlog_agent::ship::settings::ShipSettings;
 use flowlog_agent::ship::{self, Batcher, Overflow, Pending, Shipper};
 use flowlog_formats::FlowRecord;
@@ -69,23 +83,202 @@ fn main() -> ExitCode {
         eprintln!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
+    let stop = match stop_flag() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let source = match &cli.replay {
+        Some(path) => Source::Replay(path),
+        None => Source::Live,
+    };
     if let Some(ship) = &settings.ship
         && !cli.stdout
     {
-        return ship_mode(&settings, ship, cli.replay.as_deref());
+        return ship_mode(&settings, ship, source, stop);
     }
     let metrics = AgentMetrics::new();
     let output = match open_output(&settings, cli.stdout, &metrics) {
         Ok(o) => o,
         Err(code) => return code,
     };
-    match cli.replay {
-        Some(path) => run_replay(&settings, &path, output, &metrics),
-        None => live(&settings, output, &metrics),
+    local_mode(&settings, output, source, &metrics, stop)
+}
+
+/// Where records come from.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    /// The interfaces of this host, until SIGINT/SIGTERM.
+    Live,
+    /// A capture file (`--replay`).
+    Replay(&'a Path),
+}
+
+/// What every output does with the records of a source (already through
+/// [`prepare`]).
+trait RecordOutput {
+    /// Takes one record.
+    fn write(&mut self, record: FlowRecord) -> Result<(), String>;
+    /// Takes the records of one closed interval.
+    fn write_all(&mut self, records: Vec<FlowRecord>) -> Result<(), String> {
+        records.into_iter().try_for_each(|r| self.write(r))
+    }
+    /// Live capture had nothing for `idle`.
+    fn idle(&mut self, _idle: Duration) -> Result<(), String> {
+        Ok(())
+    }
+    /// Where records go, for the start-up line of live capture.
+    fn describe(&self) -> String;
+    /// What SIGINT/SIGTERM does, for the start-up line of live capture.
+    fn on_stop(&self) -> String {
+        "writes the open interval and exits".to_owned()
     }
 }
 
-/// Where records go.
+/// How a source ended, when it did not complete.
+#[derive(Debug)]
+enum SourceError {
+    /// Nothing could be read (capture did not start, the file cannot be opened, ...).
+    Start(String),
+    /// Reading stopped on an error; the message names the input.
+    Failed(String),
+    /// SIGINT/SIGTERM during a replay.
+    Interrupted,
+}
+
+/// Captures until SIGINT/SIGTERM, handing each closed interval's records to `output`. Errors
+/// of the output are printed and make the run fail, but capture goes on.
+fn run_live(
+    settings: &AgentSettings,
+    output: &mut dyn RecordOutput,
+    metrics: &AgentMetrics,
+    stop: Arc<AtomicBool>,
+) -> Result<bool, SourceError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(64);
+    let threads =
+        capture::start(settings, stop, tx).map_err(|e| SourceError::Start(e.to_string()))?;
+    metrics.set_capture(threads.stats());
+    eprintln!(
+        "flowlog-agent: capturing, {}-second intervals, records to {}; SIGINT/SIGTERM (Ctrl-C) \
+         {}",
+        settings.interval_secs,
+        output.describe(),
+        output.on_stop()
+    );
+    let mut ok = true;
+    let mut failed = |e: String| {
+        eprintln!("error: {e}");
+        ok = false;
+    };
+    let idle = Duration::from_millis(500);
+    loop {
+        match rx.recv_timeout(idle) {
+            Ok((_interface, records)) => {
+                let mut kept = Vec::with_capacity(records.len());
+                for mut r in records {
+                    if prepare(settings, &mut r) {
+                        metrics.observe_record(&r);
+                        kept.push(r);
+                    } else {
+                        metrics.records_filtered.inc();
+                    }
+                }
+                if let Err(e) = output.write_all(kept) {
+                    failed(e);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = output.idle(idle) {
+                    failed(e);
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    threads.join();
+    Ok(ok)
+}
+
+/// Replays `path` into `output`, leaving out its first `skip` records (they were handled by
+/// an earlier run). Stops at SIGINT/SIGTERM.
+fn run_replay(
+    settings: &AgentSettings,
+    path: &Path,
+    output: &mut dyn RecordOutput,
+    metrics: &AgentMetrics,
+    stop: &AtomicBool,
+    mut skip: u64,
+) -> Result<ReplayStats, SourceError> {
+    let mut failure: Option<String> = None;
+    let result = replay(settings, path, &mut |r| {
+        if stop.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("interrupted"));
+        }
+        if skip > 0 {
+            skip -= 1;
+            return Ok(());
+        }
+        metrics.observe_record(&r);
+        output.write(r).map_err(|e| {
+            failure = Some(e.clone());
+            std::io::Error::other(e)
+        })
+    });
+    result.map_err(|e| {
+        if stop.load(Ordering::Relaxed) {
+            SourceError::Interrupted
+        } else {
+            match failure {
+                Some(f) => SourceError::Failed(format!("{}: {f}", path.display())),
+                // A capture file's own errors name it already.
+                None => SourceError::Failed(match &e {
+                    ReplayError::Pcap(_) => chain(&e),
+                    _ => format!("{}: {}", path.display(), chain(&e)),
+                }),
+            }
+        }
+    })
+}
+
+/// stdout or files: runs the source, then flushes stdout or seals and publishes the files.
+fn local_mode(
+    settings: &AgentSettings,
+    mut output: Output,
+    source: Source<'_>,
+    metrics: &AgentMetrics,
+    stop: Arc<AtomicBool>,
+) -> ExitCode {
+    let ran = match source {
+        Source::Live => run_live(settings, &mut output, metrics, stop),
+        Source::Replay(path) => {
+            run_replay(settings, path, &mut output, metrics, &stop, 0).map(|stats| {
+                report_replay(&stats);
+                true
+            })
+        }
+    };
+    // Whatever the source did, what it wrote is flushed or sealed.
+    let finished = output.finish();
+    let mut status = ExitCode::SUCCESS;
+    match ran {
+        Ok(true) => {}
+        Ok(false) => status = ExitCode::FAILURE,
+        Err(SourceError::Start(e) | SourceError::Failed(e)) => {
+            eprintln!("error: {e}");
+            status = ExitCode::FAILURE;
+        }
+        Err(SourceError::Interrupted) => {
+            eprintln!("error: interrupted");
+            status = ExitCode::FAILURE;
+        }
+    }
+    if let Err(e) = finished {
+        eprintln!("error: {e}");
+        status = ExitCode::FAILURE;
+    }
+    status
+}
+
+/// Where records go without `[aggregator]` (or with `--stdout`).
 enum Output {
     /// `--stdout`: text lines in the configured format.
     Stdout(TextWriter<std::io::LineWriter<std::io::Stdout>>),
@@ -94,14 +287,14 @@ enum Output {
     Files(Box<flowlog_agent::standalone::Publisher>),
 }
 
-impl Output {
+impl RecordOutput for Output {
     fn write(&mut self, record: FlowRecord) -> Result<(), String> {
         match self {
             Output::Stdout(w) => w
                 .write_record(&record)
                 .map_err(|e| format!("writing to stdout failed: {e}")),
             #[cfg(feature = "standalone")]
-            Output::Files(p) => p.push(record).map_err(|e| error_chain(&e)),
+            Output::Files(p) => p.push(record).map_err(|e| chain(&e)),
         }
     }
 
@@ -116,7 +309,7 @@ impl Output {
                     .map_err(|e| format!("writing to stdout failed: {e}"))
             }
             #[cfg(feature = "standalone")]
-            Output::Files(p) => p.submit(records).map_err(|e| error_chain(&e)),
+            Output::Files(p) => p.submit(records).map_err(|e| chain(&e)),
         }
     }
 
@@ -127,7 +320,9 @@ impl Output {
             Output::Files(p) => p.describe(),
         }
     }
+}
 
+impl Output {
     /// Flushes stdout, or seals the open files and waits for their upload.
     fn finish(self) -> Result<(), String> {
         match self {
@@ -138,7 +333,7 @@ impl Output {
             #[cfg(feature = "standalone")]
             Output::Files(p) => {
                 let target = p.describe();
-                let summary = p.finish(None).map_err(|e| error_chain(&e))?;
+                let summary = p.finish(None).map_err(|e| chain(&e))?;
                 eprintln!(
                     "published {} file(s), {} records, {} bytes to {target}",
                     summary.stats.files_published,
@@ -157,18 +352,6 @@ impl Output {
             }
         }
     }
-}
-
-#[cfg(feature = "standalone")]
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn open_output(
@@ -205,7 +388,7 @@ fn open_files(settings: &AgentSettings, metrics: &AgentMetrics) -> Result<Output
     )
     .map(|p| Output::Files(Box::new(p)))
     .map_err(|e| {
-        eprintln!("error: {}", error_chain(&e));
+        eprintln!("error: {}", chain(&e));
         ExitCode::FAILURE
     })
 }
@@ -217,40 +400,6 @@ fn open_files(_settings: &AgentSettings, _metrics: &AgentMetrics) -> Result<Outp
          `standalone`); set [aggregator] to ship records to an aggregator, or use --stdout"
     );
     Err(ExitCode::from(EX_USAGE))
-}
-
-fn run_replay(
-    settings: &AgentSettings,
-    path: &std::path::Path,
-    mut output: Output,
-    metrics: &AgentMetrics,
-) -> ExitCode {
-    let mut failure: Option<String> = None;
-    let result = replay(settings, path, &mut |r| {
-        metrics.observe_record(&r);
-        output.write(r).map_err(|e| {
-            failure = Some(e.clone());
-            std::io::Error::other(e)
-        })
-    });
-    let finished = output.finish();
-    match (result, finished) {
-        (Ok(stats), Ok(())) => {
-            report_replay(&stats);
-            ExitCode::SUCCESS
-        }
-        (Err(e), _) => {
-            match failure {
-                Some(f) => eprintln!("error: {f}"),
-                None => eprintln!("error: {}: {e}", path.display()),
-            }
-            ExitCode::FAILURE
-        }
-        (_, Err(e)) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 fn report_replay(stats: &ReplayStats) {
@@ -273,56 +422,6 @@ fn report_replay(stats: &ReplayStats) {
     );
 }
 
-/// Captures until SIGINT/SIGTERM, writing records as their intervals close.
-fn live(settings: &AgentSettings, mut output: Output, metrics: &AgentMetrics) -> ExitCode {
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            eprintln!("error: cannot install the signal handler: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    let (tx, rx) = std::sync::mpsc::sync_channel(64);
-    let threads = match capture::start(settings, stop, tx) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            // Nothing was captured: close the (empty) output so the pipeline stops cleanly.
-            let _ = output.finish();
-            return ExitCode::FAILURE;
-        }
-    };
-    metrics.set_capture(threads.stats());
-    eprintln!(
-        "flowlog-agent: capturing, {}-second intervals, records to {}; SIGINT/SIGTERM (Ctrl-C) \
-         writes the open interval and exits",
-        settings.interval_secs,
-        output.describe()
-    );
-    let mut status = ExitCode::SUCCESS;
-    for (_interface, records) in rx {
-        let mut kept = Vec::with_capacity(records.len());
-        for mut r in records {
-            if prepare(settings, &mut r) {
-                metrics.observe_record(&r);
-                kept.push(r);
-            } else {
-                metrics.records_filtered.inc();
-            }
-        }
-        if let Err(e) = output.write_all(kept) {
-            eprintln!("error: {e}");
-            status = ExitCode::FAILURE;
-        }
-    }
-    threads.join();
-    if let Err(e) = output.finish() {
-        eprintln!("error: {e}");
-        status = ExitCode::FAILURE;
-    }
-    status
-}
-
 /// Installs SIGINT/SIGTERM handlers that set the returned flag.
 fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -339,11 +438,38 @@ fn chain(e: &dyn std::error::Error) -> String {
     ship::sender::error_chain(e)
 }
 
+/// Aggregators (`[aggregator]` set, no `--stdout`): records go to the spool in batches, and
+/// the shipper delivers them.
+struct ShipOutput<'a> {
+    batcher: Batcher<'a>,
+    describe: String,
+    on_stop: String,
+}
+
+impl RecordOutput for ShipOutput<'_> {
+    fn write(&mut self, record: FlowRecord) -> Result<(), String> {
+        self.batcher.push(record).map_err(|e| chain(&e))
+    }
+
+    fn idle(&mut self, idle: Duration) -> Result<(), String> {
+        self.batcher.flush_if_idle(idle).map_err(|e| chain(&e))
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn on_stop(&self) -> String {
+        self.on_stop.clone()
+    }
+}
+
 /// Shipping to aggregators (`[aggregator]` set, no `--stdout`).
 fn ship_mode(
     settings: &AgentSettings,
     ship_settings: &ShipSettings,
-    replay_path: Option<&std::path::Path>,
+    source: Source<'_>,
+    stop: Arc<AtomicBool>,
 ) -> ExitCode {
     if let Err(e) = ship::service::init_logs(&ship_settings.service) {
         eprintln!("error: {e}");
@@ -352,10 +478,6 @@ fn ship_mode(
     if let Some(warning) = ship::settings::token_file_warning(&ship_settings.token_file) {
         tracing::warn!(token_file = %ship_settings.token_file.display(), "{warning}");
     }
-    let stop = match stop_flag() {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
     let urls: Vec<String> = ship_settings
         .endpoints
         .iter()
@@ -369,9 +491,11 @@ fn ship_mode(
             return ExitCode::FAILURE;
         }
     };
-    match replay_path {
-        Some(path) => ship_replay(settings, ship_settings, path, shipper, &metrics, &stop),
-        None => ship_live(settings, ship_settings, shipper, &metrics, stop),
+    match source {
+        Source::Replay(path) => {
+            ship_replay(settings, ship_settings, path, shipper, &metrics, &stop)
+        }
+        Source::Live => ship_live(settings, ship_settings, shipper, &metrics, stop),
     }
 }
 
@@ -401,12 +525,11 @@ fn stop_shipper(shipper: Shipper) -> Result<Pending, ExitCode> {
 fn ship_replay(
     settings: &AgentSettings,
     ship_settings: &ShipSettings,
-    path: &std::path::Path,
+    path: &Path,
     shipper: Shipper,
     metrics: &AgentMetrics,
     stop: &AtomicBool,
 ) -> ExitCode {
-    use std::sync::atomic::Ordering;
     let stopped = || stop.load(Ordering::Relaxed);
     let tag = match ship::replay_input_tag(path, settings) {
         Ok(t) => t,
@@ -437,7 +560,7 @@ fn ship_replay(
     let fill = |r: &mut FlowRecord| {
         prepare(settings, r);
     };
-    let mut batcher = Batcher::new(
+    let batcher = Batcher::new(
         &shipper,
         settings,
         &fill,
@@ -445,39 +568,29 @@ fn ship_replay(
         Overflow::Wait,
         Some((tag, resume)),
     );
-    let mut skip = resume;
-    let mut failure: Option<String> = None;
-    let result = replay(settings, path, &mut |r| {
-        if stopped() {
-            failure = Some("interrupted".to_owned());
-            return Err(std::io::Error::other("interrupted"));
-        }
-        if skip > 0 {
-            skip -= 1;
-            return Ok(());
-        }
-        metrics.observe_record(&r);
-        batcher.push(r).map_err(|e| {
-            let text = chain(&e);
-            failure = Some(text.clone());
-            std::io::Error::other(text)
-        })
-    });
-    let stats = match result {
+    let mut output = ShipOutput {
+        batcher,
+        describe: String::new(),
+        on_stop: String::new(),
+    };
+    let stats = match run_replay(settings, path, &mut output, metrics, stop, resume) {
         Ok(stats) => stats,
         Err(e) => {
-            let interrupted = stopped();
+            let interrupted = matches!(e, SourceError::Interrupted);
             if !interrupted {
                 // What was read is spooled (and marked): a re-run goes on from there.
-                if let Err(e) = batcher.flush() {
+                if let Err(e) = output.batcher.flush() {
                     eprintln!("error: {}", chain(&e));
                 }
             }
-            match failure {
-                Some(f) => eprintln!("error: {}: {f}", path.display()),
-                None => eprintln!("error: {}: {}", path.display(), chain(&e)),
+            match e {
+                SourceError::Start(e) | SourceError::Failed(e) => eprintln!("error: {e}"),
+                SourceError::Interrupted => {
+                    eprintln!("error: {}: interrupted", path.display());
+                }
             }
-            let deadline = std::time::Instant::now() + ship_settings.shutdown_grace;
+            drop(output);
+            let deadline = Instant::now() + ship_settings.shutdown_grace;
             shipper.wait_drained(Some(deadline), &|| false);
             if interrupted {
                 eprintln!("run the same command again to resume");
@@ -486,6 +599,7 @@ fn ship_replay(
             return ExitCode::FAILURE;
         }
     };
+    let mut batcher = output.batcher;
     let flushed = batcher.flush();
     let (batches, spooled, dropped) = (batcher.batches, batcher.records, batcher.dropped);
     let handled = batcher.handled().unwrap_or(resume);
@@ -521,7 +635,7 @@ fn drain_replay(
 ) -> ExitCode {
     let left = shipper.wait_drained(None, stopped);
     if left.batches > 0 {
-        let deadline = std::time::Instant::now() + ship_settings.shutdown_grace;
+        let deadline = Instant::now() + ship_settings.shutdown_grace;
         shipper.wait_drained(Some(deadline), &|| false);
         let _ = stop_shipper(shipper);
         eprintln!("interrupted; run the same command again to deliver the rest");
@@ -546,69 +660,46 @@ fn ship_live(
     metrics: &AgentMetrics,
     stop: Arc<AtomicBool>,
 ) -> ExitCode {
-    let (tx, rx) = std::sync::mpsc::sync_channel(64);
-    let threads = match capture::start(settings, stop, tx) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            let _ = stop_shipper(shipper);
-            return ExitCode::FAILURE;
-        }
-    };
-    metrics.set_capture(threads.stats());
-    eprintln!(
-        "flowlog-agent: capturing, {}-second intervals, records to {} via the spool {}; \
-         SIGINT/SIGTERM (Ctrl-C) spools the open interval, delivers what it can within {} and \
-         exits",
-        settings.interval_secs,
-        ship_settings
-            .endpoints
-            .iter()
-            .map(|e| e.url.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        ship_settings.spool.dir.display(),
-        humantime::format_duration(ship_settings.shutdown_grace)
-    );
     let fill = |r: &mut FlowRecord| {
         prepare(settings, r);
     };
     let never = || false;
-    let mut batcher = Batcher::new(&shipper, settings, &fill, &never, Overflow::Replace, None);
-    let mut status = ExitCode::SUCCESS;
-    let spool_failed = |e: ship::ShipError, status: &mut ExitCode| {
-        eprintln!("error: {}", chain(&e));
-        *status = ExitCode::FAILURE;
+    let batcher = Batcher::new(&shipper, settings, &fill, &never, Overflow::Replace, None);
+    let mut output = ShipOutput {
+        batcher,
+        describe: format!(
+            "{} via the spool {}",
+            ship_settings
+                .endpoints
+                .iter()
+                .map(|e| e.url.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            ship_settings.spool.dir.display()
+        ),
+        on_stop: format!(
+            "spools the open interval, delivers what it can within {} and exits",
+            humantime::format_duration(ship_settings.shutdown_grace)
+        ),
     };
-    let idle = std::time::Duration::from_millis(500);
-    loop {
-        match rx.recv_timeout(idle) {
-            Ok((_interface, records)) => {
-                for mut r in records {
-                    if prepare(settings, &mut r) {
-                        metrics.observe_record(&r);
-                        if let Err(e) = batcher.push(r) {
-                            spool_failed(e, &mut status);
-                        }
-                    } else {
-                        metrics.records_filtered.inc();
-                    }
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                if let Err(e) = batcher.flush_if_idle(idle) {
-                    spool_failed(e, &mut status);
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+    let mut status = ExitCode::SUCCESS;
+    match run_live(settings, &mut output, metrics, stop) {
+        Ok(true) => {}
+        Ok(false) => status = ExitCode::FAILURE,
+        Err(SourceError::Start(e) | SourceError::Failed(e)) => {
+            eprintln!("error: {e}");
+            drop(output);
+            let _ = stop_shipper(shipper);
+            return ExitCode::FAILURE;
         }
+        Err(SourceError::Interrupted) => {}
     }
-    threads.join();
-    if let Err(e) = batcher.flush() {
-        spool_failed(e, &mut status);
+    if let Err(e) = output.batcher.flush() {
+        eprintln!("error: {}", chain(&e));
+        status = ExitCode::FAILURE;
     }
-    drop(batcher);
-    let deadline = std::time::Instant::now() + ship_settings.shutdown_grace;
+    drop(output);
+    let deadline = Instant::now() + ship_settings.shutdown_grace;
     let left = shipper.wait_drained(Some(deadline), &|| false);
     if left.batches == 0 {
         eprintln!("every spooled record is acknowledged by the aggregator");

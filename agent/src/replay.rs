@@ -14,6 +14,7 @@ use crate::flow::{
     FlowTable, FlowTableSettings, InterfaceInfo, KeyedPacket, OBSERVE_BATCH, RecordSink,
 };
 use crate::pcap::{PcapError, PcapPackets};
+use crate::prepare::prepare;
 
 /// What a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,18 +41,6 @@ pub enum ReplayError {
     /// Writing a record failed.
     #[error("writing records failed")]
     Output(#[source] io::Error),
-}
-
-/// Applies the flow log's settings to a record of a flow table: says whether the traffic
-/// filter keeps it and, if so, fills the region and the metadata fields
-/// ([`crate::metadata::MetadataSettings::apply`]). Live capture and replay both use it.
-pub fn prepare(settings: &AgentSettings, record: &mut FlowRecord) -> bool {
-    if !settings.traffic_type.keeps(record.action) {
-        return false;
-    }
-    record.region = Some(settings.region.clone());
-    settings.metadata.apply(record);
-    true
 }
 
 /// Replays `path`, handing every record to `emit` in interval order per interface. Packets
