@@ -97,10 +97,29 @@ pub struct ServeSummary {
     pub published: bool,
 }
 
-/// Runs the server until SIGTERM or SIGINT, then stops taking calls, lets the calls in
-/// progress finish, seals the live streams and uploads, all within `[service]
-/// shutdown_grace` of the signal (what does not make it goes out at the next start).
+/// Binds `[listen] address` and runs the server until SIGTERM or SIGINT, then stops taking
+/// calls, lets the calls in progress finish, seals the live streams and uploads, all within
+/// `[service] shutdown_grace` of the signal (what does not make it goes out at the next
+/// start). This is what `flowlog-aggregator serve` runs.
 pub fn run(settings: &Settings) -> Result<ServeSummary, ServeError> {
+    let listen = settings.listen.as_ref().ok_or(ServeError::NoListen)?;
+    let bind = |source| ServeError::Bind {
+        address: listen.address,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(listen.address).map_err(bind)?;
+    run_with(settings, listener, telemetry::shutdown_signal())
+}
+
+/// Runs the server on `listener` until `shutdown` completes, then stops as [`run`] does
+/// after a signal (`shutdown_grace` counts from then). `[listen] address` is not used;
+/// SIGHUP still reloads the tokens file. Tests run a server in process with it: a listener
+/// on port 0 and a channel as the shutdown.
+pub fn run_with(
+    settings: &Settings,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<ServeSummary, ServeError> {
     let listen = settings.listen.as_ref().ok_or(ServeError::NoListen)?;
     let auth = Arc::new(Authenticator::load(&listen.tokens_file)?);
     if auth.agents() == 0 {
@@ -138,7 +157,9 @@ pub fn run(settings: &Settings) -> Result<ServeSummary, ServeError> {
         runtime.handle().clone(),
         cancel.clone(),
     )?;
-    let served = serve_until_stopped(&runtime, settings, listen, tls, &auth, &pipeline, &metrics);
+    let served = serve_until_stopped(
+        &runtime, settings, listen, listener, shutdown, tls, &auth, &pipeline, &metrics,
+    );
     if let Err(e) = &served {
         tracing::error!(error = %e, "the server failed; sealing and stopping");
     }
@@ -160,26 +181,30 @@ pub fn run(settings: &Settings) -> Result<ServeSummary, ServeError> {
     Ok(ServeSummary { stats, published })
 }
 
-/// Binds, serves until a signal (or a failure), and returns once the server has stopped.
+/// Serves on `listener` until `shutdown` (or a failure), and returns once the server has
+/// stopped.
+#[allow(clippy::too_many_arguments)]
 fn serve_until_stopped(
     runtime: &tokio::runtime::Runtime,
     settings: &Settings,
     listen: &ListenSettings,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
     tls: Option<tonic::transport::ServerTlsConfig>,
     auth: &Arc<Authenticator>,
     pipeline: &Pipeline,
     metrics: &Arc<Metrics>,
 ) -> Result<(), ServeError> {
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(listen.address))
-        .map_err(|source| ServeError::Bind {
-            address: listen.address,
-            source,
-        })?;
-    let address = listener.local_addr().map_err(|source| ServeError::Bind {
+    let bind = |source| ServeError::Bind {
         address: listen.address,
         source,
-    })?;
+    };
+    let address = listener.local_addr().map_err(bind)?;
+    listener.set_nonblocking(true).map_err(bind)?;
+    let listener = {
+        let _entered = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).map_err(bind)?
+    };
     limits::raise_open_files_limit(listen.max_connections);
     let failed = CancellationToken::new();
     let pending = Arc::new(Semaphore::new(listen.max_pending_records as usize));
@@ -260,7 +285,7 @@ fn serve_until_stopped(
     let deadline = pipeline.shutdown_deadline();
     runtime.block_on(async {
         let mut check = tokio::time::interval(Duration::from_secs(1));
-        let mut signalled = std::pin::pin!(telemetry::shutdown_signal());
+        let mut signalled = std::pin::pin!(shutdown);
         let early = loop {
             tokio::select! {
                 () = &mut signalled => {
