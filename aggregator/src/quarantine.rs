@@ -46,12 +46,12 @@ pub struct Quarantined<'a> {
     pub reason: &'static str,
 }
 
+/// All `reason` label values (telemetry owns the metric's labels).
+pub use crate::telemetry::QUARANTINE_REASONS as REASONS;
 /// `reason`: a time outside the window `serve` accepts around its clock.
-pub const REASON_TIME_WINDOW: &str = "time_window";
+pub const REASON_TIME_WINDOW: &str = REASONS[0];
 /// `reason`: a value no output can hold (year > 9999, counter above `bigint`).
-pub const REASON_OUT_OF_RANGE: &str = "out_of_range";
-/// All `reason` label values.
-pub const REASONS: [&str; 2] = [REASON_TIME_WINDOW, REASON_OUT_OF_RANGE];
+pub const REASON_OUT_OF_RANGE: &str = REASONS[1];
 
 /// The quarantine cannot be written.
 #[derive(Debug, thiserror::Error)]

@@ -160,6 +160,11 @@ pub const RETRY_PERMANENT: &str = "permanent";
 /// All `class` label values.
 pub const RETRY_CLASSES: [&str; 2] = [RETRY_TRANSIENT, RETRY_PERMANENT];
 
+/// All `reason` label values of `flowlog_quarantined_records_total`: a time outside the
+/// window `serve` accepts around its clock, and a value no output can hold (year > 9999, a
+/// counter above `bigint`). The quarantine module names them.
+pub const QUARANTINE_REASONS: [&str; 2] = ["time_window", "out_of_range"];
+
 /// All `reason` label values of `flowlog_sealed_files_total` (they match
 /// `SealReason::as_str` in the stager).
 pub const SEAL_REASONS: [&str; 5] = [
@@ -501,7 +506,7 @@ impl Metrics {
         for reason in REFUSED_REASONS {
             drop(ingest_refused.get_or_create(&ReasonLabels { reason }));
         }
-        for reason in crate::quarantine::REASONS {
+        for reason in QUARANTINE_REASONS {
             drop(quarantined_records.get_or_create(&ReasonLabels { reason }));
         }
         for result in INGEST_RESULTS {
@@ -571,7 +576,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one quarantined record (`reason` one of `quarantine::REASONS`).
+    /// Records one quarantined record (`reason` one of [`QUARANTINE_REASONS`]).
     pub fn observe_quarantined(&self, reason: &'static str) {
         self.quarantined_records
             .get_or_create(&ReasonLabels { reason })
@@ -580,7 +585,7 @@ impl Metrics {
 
     /// Quarantined records so far, all reasons.
     pub fn quarantined_total(&self) -> u64 {
-        crate::quarantine::REASONS
+        QUARANTINE_REASONS
             .iter()
             .map(|&reason| {
                 self.quarantined_records

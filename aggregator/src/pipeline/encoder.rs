@@ -28,7 +28,7 @@ use flowlog_formats::parquet::{ParquetOptions, ParquetWriter};
 use flowlog_formats::text::{GzipTextWriter, line_len_upper_bound};
 use flowlog_formats::{FlowRecord, LogFormat};
 
-use super::stager::{SealReason, SealedFile, StageError, io_err};
+use super::sealed::{SealReason, SealedFile, StageError, io_err};
 use super::window::StreamKey;
 use crate::convert::OutputFormat;
 use crate::file_modes;

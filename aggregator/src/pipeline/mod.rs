@@ -23,6 +23,7 @@ pub mod batch;
 pub mod dedupe;
 pub mod encoder;
 pub mod manifest;
+pub mod sealed;
 pub mod stager;
 pub mod window;
 
@@ -1052,7 +1053,7 @@ impl Core {
         let dir = self.stager.sealed_dir();
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
-            .map_err(stager::io_err(dir))?;
+            .map_err(sealed::io_err(dir))?;
         let mut upload = true;
         while self.pending.len() >= self.max_pending {
             // Past a shutdown deadline nothing waits: the file stays staged and goes

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use flowlog_transport::pb::ingest_server::SERVICE_NAME;
 use flowlog_transport::pb::{PushReply, PushRequest};
 use prost::Message;
@@ -19,19 +19,10 @@ use tonic::codegen::{BoxFuture, Service};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Status};
 
-use super::service::IngestService;
+use super::service::{IngestService, RawPush};
 
 /// Path of the one method.
 pub const PUSH_PATH: &str = "/flowlog.ingest.v1.Ingest/Push";
-
-/// A push as received: the message's bytes (after decompression) and the message.
-#[derive(Debug)]
-pub struct RawPush {
-    /// The encoded `PushRequest`.
-    pub bytes: Bytes,
-    /// The decoded `PushRequest`.
-    pub request: PushRequest,
-}
 
 /// Decodes [`RawPush`]es, encodes [`PushReply`]s.
 #[derive(Debug, Clone, Copy)]

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::auth::{AuthFailure, Grant, validate_agent_id};
-use super::codec::RawPush;
 use super::guard::{Caller, Deadline};
 use super::limits::LogLimiter;
 use crate::config::FlowLogSettings;
@@ -30,6 +29,16 @@ use crate::telemetry::{
     INGEST_ACCEPTED, INGEST_BUSY, INGEST_DUPLICATE, INGEST_FAILED, INGEST_INVALID, Metrics,
     REFUSED_IDENTITY,
 };
+
+/// A push as received: the message's bytes (after decompression) and the message. The
+/// codec (`super::codec`) makes it; the service keeps the bytes for the WAL.
+#[derive(Debug)]
+pub struct RawPush {
+    /// The encoded `PushRequest`.
+    pub bytes: Bytes,
+    /// The decoded `PushRequest`.
+    pub request: PushRequest,
+}
 
 /// Most batches of one agent above its `acked_below` that the aggregator remembers (its
 /// dedupe state per agent is bounded by this): a push further ahead is refused until the
