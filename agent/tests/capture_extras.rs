@@ -26,7 +26,7 @@ use flowlog_formats::{FlowDirection, FlowRecord, LogStatus};
 
 mod common;
 
-use common::{run, sh};
+use common::{Netns, Veth, run, sh};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");
 
@@ -40,7 +40,7 @@ fn can_run() -> bool {
 /// A namespace `A` for the agent, with veth pairs to the test's namespace. Dropping it
 /// deletes the namespace, and with it every pair.
 struct TestNet {
-    ns: String,
+    ns: Netns,
     id: u32,
 }
 
@@ -63,11 +63,7 @@ impl TestNet {
     /// `tag` (one letter) keeps the names of concurrently running tests apart.
     fn create(tag: char) -> TestNet {
         let id = std::process::id() % 10_000;
-        let net = TestNet {
-            ns: format!("fx{tag}{id}"),
-            id,
-        };
-        sh(&["ip", "netns", "add", &net.ns]);
+        let ns = Netns::add(format!("fx{tag}{id}"));
         // No IPv6 on the test links (its neighbour discovery would be traffic), and ICMP
         // errors not rate-limited, so that the same traffic gives the same records.
         for (key, value) in [
@@ -77,101 +73,51 @@ impl TestNet {
             ("net.ipv4.icmp_msgs_per_sec", "1000000"),
             ("net.ipv4.icmp_msgs_burst", "1000000"),
         ] {
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                &net.ns,
-                "sysctl",
-                "-q",
-                "-w",
-                &format!("{key}={value}"),
-            ]);
+            ns.sh(&["sysctl", "-q", "-w", &format!("{key}={value}")]);
         }
-        net.ns_sh(&["ip", "link", "set", "lo", "up"]);
-        net
-    }
-
-    fn ns_sh(&self, args: &[&str]) {
-        let mut full = vec!["ip", "netns", "exec", &self.ns];
-        full.extend_from_slice(args);
-        sh(&full);
+        TestNet { ns, id }
     }
 
     /// Adds a veth pair; with `subnet`, `inside` gets 10.196.{subnet}.1/24 and `outside`
     /// .2.
     fn link(&self, tag: char, subnet: Option<u8>) -> Link {
-        let link = Link {
-            inside: format!("fx{tag}{}a", self.id),
-            outside: format!("fx{tag}{}b", self.id),
-            inside_addr: subnet.map(|s| Ipv4Addr::new(10, 196, s, 1)),
-        };
-        sh(&[
-            "ip",
-            "link",
-            "add",
-            &link.outside,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &link.inside,
-            "netns",
+        let veth = Veth::add(
             &self.ns,
-        ]);
-        sh(&[
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("net.ipv6.conf.{}.disable_ipv6=1", link.outside),
-        ]);
-        if let Some(inside) = link.inside_addr {
-            self.ns_sh(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{inside}/24"),
-                "dev",
-                &link.inside,
-            ]);
-            sh(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", link.outside_addr()),
-                "dev",
-                &link.outside,
-            ]);
+            format!("fx{tag}{}b", self.id),
+            format!("fx{tag}{}a", self.id),
+        );
+        if let Some(s) = subnet {
+            veth.address(&self.ns, &format!("10.196.{s}"), 2, 1);
         }
-        self.ns_sh(&["ip", "link", "set", &link.inside, "up"]);
-        sh(&["ip", "link", "set", &link.outside, "up"]);
-        link
+        Link {
+            inside: veth.there,
+            outside: veth.here,
+            inside_addr: subnet.map(|s| Ipv4Addr::new(10, 196, s, 1)),
+        }
     }
 
     /// `ip -d link show` of an interface in the namespace.
     fn link_details(&self, name: &str) -> String {
-        let out = run(&["ip", "-n", &self.ns, "-d", "link", "show", "dev", name]);
+        let out = run(&[
+            "ip",
+            "-n",
+            self.ns.name(),
+            "-d",
+            "link",
+            "show",
+            "dev",
+            name,
+        ]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The interface's flags as sysfs shows them inside the namespace.
     fn link_flags(&self, name: &str) -> u32 {
-        let out = run(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.ns,
-            "cat",
-            &format!("/sys/class/net/{name}/flags"),
-        ]);
+        let out = self
+            .ns
+            .run(&["cat", &format!("/sys/class/net/{name}/flags")]);
         let text = String::from_utf8_lossy(&out.stdout);
         u32::from_str_radix(text.trim().trim_start_matches("0x"), 16).unwrap()
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.ns]);
     }
 }
 
@@ -201,7 +147,7 @@ struct Agent {
 impl Agent {
     fn start(net: &TestNet, config: tempfile::NamedTempFile) -> Agent {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &net.ns, BIN, "--stdout", "--config"])
+            .args(["netns", "exec", net.ns.name(), BIN, "--stdout", "--config"])
             .arg(config.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -11,12 +11,11 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sh;
 use flowlog_formats::text::TextReader;
 use flowlog_formats::{FlowDirection, FlowRecord, LogStatus};
 
 mod common;
-
-use common::sh;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");
 
@@ -35,7 +34,7 @@ type Totals = (u64, u64, u16);
 
 /// A namespace with two veth pairs: `traffic` (addresses .1 here, .2 there) and `idle`.
 struct TestNet {
-    ns: String,
+    ns: common::Netns,
     traffic: String,
     idle: String,
     subnet: u32,
@@ -47,77 +46,22 @@ impl TestNet {
             return None;
         }
         let id = std::process::id() % 10_000;
-        let net = TestNet {
-            ns: format!("flt{id}"),
-            traffic: format!("flta{id}"),
-            idle: format!("flti{id}"),
-            subnet: 100 + id % 150,
-        };
-        let (a, b) = (net.traffic.as_str(), format!("fltb{id}"));
-        let (c, d) = (net.idle.as_str(), format!("fltd{id}"));
-        let ns = net.ns.as_str();
-        sh(&["ip", "netns", "add", ns]);
-        for (here, there) in [(a, b.as_str()), (c, d.as_str())] {
-            sh(&[
-                "ip", "link", "add", here, "type", "veth", "peer", "name", there,
-            ]);
-            sh(&["ip", "link", "set", there, "netns", ns]);
-            // No IPv6 on the test links: its neighbour discovery would be traffic too.
-            sh(&[
-                "sysctl",
-                "-q",
-                "-w",
-                &format!("net.ipv6.conf.{here}.disable_ipv6=1"),
-            ]);
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-q",
-                "-w",
-                &format!("net.ipv6.conf.{there}.disable_ipv6=1"),
-            ]);
-        }
-        let s = net.subnet;
-        sh(&["ip", "addr", "add", &format!("10.199.{s}.1/24"), "dev", a]);
-        sh(&["ip", "link", "set", a, "up"]);
-        sh(&["ip", "link", "set", c, "up"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
+        let ns = common::Netns::add(format!("flt{id}"));
+        let traffic = common::Veth::add(&ns, format!("flta{id}"), format!("fltb{id}"));
+        let idle = common::Veth::add(&ns, format!("flti{id}"), format!("fltd{id}"));
+        let subnet = 100 + id % 150;
+        traffic.address(&ns, &format!("10.199.{subnet}"), 1, 2);
+        Some(TestNet {
             ns,
-            "ip",
-            "addr",
-            "add",
-            &format!("10.199.{s}.2/24"),
-            "dev",
-            &b,
-        ]);
-        sh(&["ip", "netns", "exec", ns, "ip", "link", "set", &b, "up"]);
-        sh(&["ip", "netns", "exec", ns, "ip", "link", "set", &d, "up"]);
-        Some(net)
+            traffic: traffic.here,
+            idle: idle.here,
+            subnet,
+        })
     }
 
     fn exec(&self, script: &str) {
         // Failures (refused connection) are expected; only the traffic matters.
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "bash", "-c", script])
-            .output();
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.traffic])
-            .output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.idle])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = self.ns.bash(script);
     }
 }
 

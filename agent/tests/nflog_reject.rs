@@ -51,8 +51,7 @@ fn cannot_run(why: &str) {
 /// A namespace holding one end of a veth pair (`inside`, address .2) whose other end
 /// (`outside`, .1) stays here, and an nftables table that logs to `group` and drops.
 struct TestNet {
-    ns: String,
-    outside: String,
+    ns: common::Netns,
     inside: String,
     subnet: u32,
     group: u16,
@@ -67,30 +66,16 @@ impl TestNet {
             return None;
         }
         let id = std::process::id() % 10_000;
+        let ns = common::Netns::add(format!("flr{id}"));
+        let veth = common::Veth::add(&ns, format!("flra{id}"), format!("flrb{id}"));
+        let subnet = 100 + id % 150;
+        veth.address(&ns, &format!("10.198.{subnet}"), 1, 2);
         let net = TestNet {
-            ns: format!("flr{id}"),
-            outside: format!("flra{id}"),
-            inside: format!("flrb{id}"),
-            subnet: 100 + id % 150,
+            ns,
+            inside: veth.there,
+            subnet,
             group: 4000 + u16::try_from(id % 1000).unwrap(),
         };
-        let (ns, a, b, s) = (net.ns.as_str(), &net.outside, &net.inside, net.subnet);
-        sh(&["ip", "netns", "add", ns]);
-        sh(&["ip", "link", "add", a, "type", "veth", "peer", "name", b]);
-        sh(&["ip", "link", "set", b, "netns", ns]);
-        // No IPv6 on the test links: its neighbour discovery would be traffic too.
-        sh(&[
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("net.ipv6.conf.{a}.disable_ipv6=1"),
-        ]);
-        net.exec_ok(&format!(
-            "sysctl -q -w net.ipv6.conf.{b}.disable_ipv6=1 && ip link set lo up \
-             && ip addr add 10.198.{s}.2/24 dev {b} && ip link set {b} up"
-        ));
-        sh(&["ip", "addr", "add", &format!("10.198.{s}.1/24"), "dev", a]);
-        sh(&["ip", "link", "set", a, "up"]);
         let group = net.group;
         let rules = format!(
             "table inet flowlog_test {{\n\
@@ -105,7 +90,7 @@ impl TestNet {
              }}\n"
         );
         let mut nft = Command::new("ip")
-            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .args(["netns", "exec", net.ns.name(), "nft", "-f", "-"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -122,40 +107,15 @@ impl TestNet {
         Some(net)
     }
 
-    /// Runs `script` in the namespace; it must succeed.
-    fn exec_ok(&self, script: &str) {
-        sh(&["ip", "netns", "exec", &self.ns, "bash", "-c", script]);
-    }
-
     /// Runs `script` in the namespace; failures (dropped traffic) are expected.
     fn exec(&self, script: &str) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "bash", "-c", script])
-            .output();
+        let _ = self.ns.bash(script);
     }
 
     /// Reads a file of the namespace's /proc/net.
     fn proc_net(&self, file: &str) -> String {
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ns,
-                "cat",
-                &format!("/proc/net/{file}"),
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.outside])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let out = self.ns.run(&["cat", &format!("/proc/net/{file}")]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -220,7 +180,7 @@ fn run_agent(
         std::thread::sleep(Duration::from_secs(61 - into_minute));
     }
     let mut agent = Command::new("ip")
-        .args(["netns", "exec", &net.ns, BIN, "--stdout", "--config"])
+        .args(["netns", "exec", net.ns.name(), BIN, "--stdout", "--config"])
         .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

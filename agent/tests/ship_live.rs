@@ -18,8 +18,9 @@ use flowlog_tests::pki::TestPki;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");
 
+/// A namespace with one veth pair: 10.198.{subnet}.1 here, .2 there.
 struct TestNet {
-    ns: String,
+    ns: common::Netns,
     here: String,
     subnet: u32,
 }
@@ -30,66 +31,15 @@ impl TestNet {
             return None;
         }
         let id = std::process::id() % 10_000;
-        let net = TestNet {
-            ns: format!("fls{id}"),
-            here: format!("flsa{id}"),
-            subnet: 1 + id % 250,
-        };
-        let there = format!("flsb{id}");
-        let (ns, here, s) = (net.ns.as_str(), net.here.as_str(), net.subnet);
-        sh(&["ip", "netns", "add", ns]);
-        sh(&[
-            "ip", "link", "add", here, "type", "veth", "peer", "name", &there,
-        ]);
-        sh(&["ip", "link", "set", &there, "netns", ns]);
-        sh(&[
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("net.ipv6.conf.{here}.disable_ipv6=1"),
-        ]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
+        let ns = common::Netns::add(format!("fls{id}"));
+        let veth = common::Veth::add(&ns, format!("flsa{id}"), format!("flsb{id}"));
+        let subnet = 1 + id % 250;
+        veth.address(&ns, &format!("10.198.{subnet}"), 1, 2);
+        Some(TestNet {
             ns,
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("net.ipv6.conf.{there}.disable_ipv6=1"),
-        ]);
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.198.{s}.1/24"),
-            "dev",
-            here,
-        ]);
-        sh(&["ip", "link", "set", here, "up"]);
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "ip",
-            "addr",
-            "add",
-            &format!("10.198.{s}.2/24"),
-            "dev",
-            &there,
-        ]);
-        sh(&["ip", "netns", "exec", ns, "ip", "link", "set", &there, "up"]);
-        Some(net)
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.here])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+            here: veth.here,
+            subnet,
+        })
     }
 }
 
@@ -158,7 +108,7 @@ fn live_records_are_shipped_and_the_open_interval_is_delivered_at_sigterm() {
         .args([
             "netns",
             "exec",
-            &net.ns,
+            net.ns.name(),
             "ping",
             "-c",
             "3",

@@ -273,8 +273,9 @@ fn http_get(port: u16, path: &str) -> String {
 // Live: a veth pair, a ping, SIGINT.
 // ---------------------------------------------------------------------------------------
 
+/// A namespace with one veth pair: 10.198.{subnet}.1 here, .2 there.
 struct Veth {
-    ns: String,
+    ns: common::Netns,
     here: String,
     subnet: u32,
 }
@@ -285,63 +286,15 @@ impl Veth {
             return None;
         }
         let id = std::process::id() % 10_000;
-        let v = Veth {
-            ns: format!("fls{id}"),
-            here: format!("flsa{id}"),
-            subnet: 100 + (id + 77) % 150,
-        };
-        let there = format!("flsb{id}");
-        sh(&["ip", "netns", "add", &v.ns]);
-        sh(&[
-            "ip", "link", "add", &v.here, "type", "veth", "peer", "name", &there,
-        ]);
-        sh(&["ip", "link", "set", &there, "netns", &v.ns]);
-        sh(&[
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("net.ipv6.conf.{}.disable_ipv6=1", v.here),
-        ]);
-        let s = v.subnet;
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.198.{s}.1/24"),
-            "dev",
-            &v.here,
-        ]);
-        sh(&["ip", "link", "set", &v.here, "up"]);
-        let ns_exec = |cmd: &[&str]| {
-            let mut args = vec!["ip", "netns", "exec", v.ns.as_str()];
-            args.extend_from_slice(cmd);
-            sh(&args);
-        };
-        ns_exec(&[
-            "sysctl",
-            "-q",
-            "-w",
-            &format!("net.ipv6.conf.{there}.disable_ipv6=1"),
-        ]);
-        ns_exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.198.{s}.2/24"),
-            "dev",
-            &there,
-        ]);
-        ns_exec(&["ip", "link", "set", &there, "up"]);
-        Some(v)
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.here])
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let ns = common::Netns::add(format!("fls{id}"));
+        let veth = common::Veth::add(&ns, format!("flsa{id}"), format!("flsb{id}"));
+        let subnet = 100 + (id + 77) % 150;
+        veth.address(&ns, &format!("10.198.{subnet}"), 1, 2);
+        Some(Veth {
+            ns,
+            here: veth.here,
+            subnet,
+        })
     }
 }
 
@@ -382,7 +335,16 @@ fn live_capture_sigint_seals_and_writes_the_open_window() {
     let s = veth.subnet;
     let ping = Command::new("ip")
         .args([
-            "netns", "exec", &veth.ns, "ping", "-c", "4", "-i", "0.2", "-W", "1",
+            "netns",
+            "exec",
+            veth.ns.name(),
+            "ping",
+            "-c",
+            "4",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
         ])
         .arg(format!("10.198.{s}.1"))
         .output()

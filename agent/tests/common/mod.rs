@@ -52,6 +52,115 @@ pub fn live_test_can_run(what: &str, tools: &[(&str, &str)]) -> bool {
     false
 }
 
+/// A network namespace the test created. Dropping it deletes it, and with it every veth
+/// end inside it (a veth pair goes when either end does).
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace `name`, with its loopback up.
+    pub fn add(name: String) -> Netns {
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.sh(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside the namespace and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", self.name.as_str()];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Runs a command inside the namespace that must succeed.
+    pub fn sh(&self, args: &[&str]) {
+        let mut full = vec!["ip", "netns", "exec", self.name.as_str()];
+        full.extend_from_slice(args);
+        sh(&full);
+    }
+
+    /// Runs a bash script inside the namespace (failures, such as refused traffic, are the
+    /// caller's to judge).
+    pub fn bash(&self, script: &str) -> Output {
+        self.run(&["bash", "-c", script])
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair between the test's namespace (`here`) and a [`Netns`] (`there`), both ends
+/// up, IPv6 off on both (its neighbour discovery would be traffic of its own). It goes with
+/// the namespace.
+pub struct Veth {
+    pub here: String,
+    pub there: String,
+}
+
+impl Veth {
+    /// Creates the pair `here` – `there`, `there` inside `ns`.
+    pub fn add(ns: &Netns, here: String, there: String) -> Veth {
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &here,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &there,
+            "netns",
+            ns.name(),
+        ]);
+        sh(&[
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{here}.disable_ipv6=1"),
+        ]);
+        ns.sh(&[
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{there}.disable_ipv6=1"),
+        ]);
+        sh(&["ip", "link", "set", &here, "up"]);
+        ns.sh(&["ip", "link", "set", &there, "up"]);
+        Veth { here, there }
+    }
+
+    /// Gives `here` `{prefix}.{here_host}/24` and `there` `{prefix}.{there_host}/24`.
+    pub fn address(&self, ns: &Netns, prefix: &str, here_host: u8, there_host: u8) {
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{prefix}.{here_host}/24"),
+            "dev",
+            &self.here,
+        ]);
+        ns.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{prefix}.{there_host}/24"),
+            "dev",
+            &self.there,
+        ]);
+    }
+}
+
 /// An in-process aggregator `Ingest` service over TLS on 127.0.0.1 that records what it
 /// receives and dedupes batches by `(spool_id, seq)` as the real one does.
 pub mod ingest {
