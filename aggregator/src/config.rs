@@ -20,10 +20,19 @@ use flowlog_formats::key::{
 use flowlog_formats::parquet::ParquetOptions;
 use serde::Deserialize;
 
-use crate::convert::OutputFormat;
 use crate::sink::s3::{ChecksumMode, S3Settings, Sse};
 use crate::telemetry::LogOutput;
 use crate::wal::FsyncPolicy;
+
+/// Output encoding (`[output] format`, `convert --format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Space-separated text with a header line; gzip'd when the output name ends in `.gz`
+    /// and always in directory mode (`.log.gz`).
+    Text,
+    /// Parquet (`.log.parquet`), GZIP codec, the VPC flow logs schema.
+    Parquet,
+}
 
 /// The most a single object may hold: AWS's historic per-file limit.
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 75_000_000;

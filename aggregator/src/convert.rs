@@ -5,6 +5,7 @@
 //! renamed into place only once every input converted cleanly. With `skip_bad_lines`,
 //! malformed lines are counted, reported and left out instead.
 
+use crate::config::OutputFormat;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -17,16 +18,6 @@ use tempfile::NamedTempFile;
 
 /// How many bad lines are listed one by one in an error or report; the rest are counted.
 pub const LISTED_BAD_LINES: usize = 20;
-
-/// Output encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// Space-separated text with a header line; gzip'd when the output name ends in `.gz`
-    /// and always in directory mode (`.log.gz`).
-    Text,
-    /// Parquet (`.log.parquet`), GZIP codec, the VPC flow logs schema.
-    Parquet,
-}
 
 /// Where a conversion or an import reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]

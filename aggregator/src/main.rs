@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use flowlog_aggregator::config::OutputFormat;
 use flowlog_aggregator::config::{self, LoadOptions, Settings};
-use flowlog_aggregator::convert::{self, ConvertSettings, Input, OutputFormat};
+use flowlog_aggregator::convert::{self, ConvertSettings, Input};
 use flowlog_aggregator::import;
 use flowlog_aggregator::pipeline::Pipeline;
 use flowlog_aggregator::serve;

@@ -5,7 +5,7 @@ use chrono::Datelike;
 
 use super::table::Table;
 use super::tree::Partition;
-use crate::convert::OutputFormat;
+use crate::config::OutputFormat;
 
 /// Last year the Hive layouts' integer `year` projection covers. Integer projections
 /// have no `NOW`; queries that filter on `year` (or `year` and `month`) read only the

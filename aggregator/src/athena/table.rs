@@ -5,8 +5,8 @@ use flowlog_formats::key::{KeyLayout, KeyPrefix};
 use flowlog_formats::{FieldId, LogFormat};
 
 use super::tree::Partition;
+use crate::config::OutputFormat;
 use crate::config::{Settings, SinkSettings};
-use crate::convert::OutputFormat;
 
 /// Everything the DDL and the queries are written from.
 #[derive(Debug, Clone)]

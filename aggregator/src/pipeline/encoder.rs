@@ -30,7 +30,7 @@ use flowlog_formats::{FlowRecord, LogFormat};
 
 use super::sealed::{SealReason, SealedFile, StageError, io_err};
 use super::window::StreamKey;
-use crate::convert::OutputFormat;
+use crate::config::OutputFormat;
 use crate::file_modes;
 
 /// Encoded bytes an open file buffers before they are appended to its file on disk.

@@ -35,7 +35,7 @@ use super::encoder::{Done, EncodeSettings, Encoders, Job, PARQUET_FILE_BUFFER, S
 use super::sealed::io_err;
 pub use super::sealed::{SealReason, SealedFile, StageError};
 use super::window::StreamKey;
-use crate::convert::OutputFormat;
+use crate::config::OutputFormat;
 use crate::file_modes;
 
 /// Records a stream gathers before they are handed to its encoder.
