@@ -16,6 +16,7 @@ use flowlog_agent::ship::settings::ShipSettings;
 use flowlog_agent::ship::{self, Batcher, Overflow, Pending, Shipper};
 use flowlog_formats::FlowRecord;
 use flowlog_formats::text::TextWriter;
+use flowlog_runtime::error_chain;
 
 /// Exit code for invalid usage (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -101,7 +102,9 @@ impl Output {
                 .write_record(&record)
                 .map_err(|e| format!("writing to stdout failed: {e}")),
             #[cfg(feature = "standalone")]
-            Output::Files(p) => p.push(record).map_err(|e| error_chain(&e)),
+            Output::Files(p) => p
+                .push(record)
+                .map_err(|e| flowlog_runtime::error_chain_with_repeats(&e)),
         }
     }
 
@@ -116,7 +119,9 @@ impl Output {
                     .map_err(|e| format!("writing to stdout failed: {e}"))
             }
             #[cfg(feature = "standalone")]
-            Output::Files(p) => p.submit(records).map_err(|e| error_chain(&e)),
+            Output::Files(p) => p
+                .submit(records)
+                .map_err(|e| flowlog_runtime::error_chain_with_repeats(&e)),
         }
     }
 
@@ -138,7 +143,9 @@ impl Output {
             #[cfg(feature = "standalone")]
             Output::Files(p) => {
                 let target = p.describe();
-                let summary = p.finish(None).map_err(|e| error_chain(&e))?;
+                let summary = p
+                    .finish(None)
+                    .map_err(|e| flowlog_runtime::error_chain_with_repeats(&e))?;
                 eprintln!(
                     "published {} file(s), {} records, {} bytes to {target}",
                     summary.stats.files_published,
@@ -157,18 +164,6 @@ impl Output {
             }
         }
     }
-}
-
-#[cfg(feature = "standalone")]
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn open_output(
@@ -205,7 +200,7 @@ fn open_files(settings: &AgentSettings, metrics: &AgentMetrics) -> Result<Output
     )
     .map(|p| Output::Files(Box::new(p)))
     .map_err(|e| {
-        eprintln!("error: {}", error_chain(&e));
+        eprintln!("error: {}", flowlog_runtime::error_chain_with_repeats(&e));
         ExitCode::FAILURE
     })
 }
@@ -335,10 +330,6 @@ fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
     Ok(stop)
 }
 
-fn chain(e: &dyn std::error::Error) -> String {
-    ship::sender::error_chain(e)
-}
-
 /// Shipping to aggregators (`[aggregator]` set, no `--stdout`).
 fn ship_mode(
     settings: &AgentSettings,
@@ -365,7 +356,7 @@ fn ship_mode(
     let shipper = match Shipper::start(ship_settings, &metrics) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            eprintln!("error: {}", error_chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -390,7 +381,7 @@ fn stop_shipper(shipper: Shipper) -> Result<Pending, ExitCode> {
             Ok(left)
         }
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            eprintln!("error: {}", error_chain(&e));
             Err(ExitCode::FAILURE)
         }
     }
@@ -411,7 +402,7 @@ fn ship_replay(
     let tag = match ship::replay_input_tag(path, settings) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {}", chain(&e));
+            eprintln!("error: {}", error_chain(&e));
             let _ = stop_shipper(shipper);
             return ExitCode::FAILURE;
         }
@@ -458,7 +449,7 @@ fn ship_replay(
         }
         metrics.observe_record(&r);
         batcher.push(r).map_err(|e| {
-            let text = chain(&e);
+            let text = error_chain(&e);
             failure = Some(text.clone());
             std::io::Error::other(text)
         })
@@ -470,12 +461,12 @@ fn ship_replay(
             if !interrupted {
                 // What was read is spooled (and marked): a re-run goes on from there.
                 if let Err(e) = batcher.flush() {
-                    eprintln!("error: {}", chain(&e));
+                    eprintln!("error: {}", error_chain(&e));
                 }
             }
             match failure {
                 Some(f) => eprintln!("error: {}: {f}", path.display()),
-                None => eprintln!("error: {}: {}", path.display(), chain(&e)),
+                None => eprintln!("error: {}: {}", path.display(), error_chain(&e)),
             }
             let deadline = std::time::Instant::now() + ship_settings.shutdown_grace;
             shipper.wait_drained(Some(deadline), &|| false);
@@ -491,7 +482,7 @@ fn ship_replay(
     let handled = batcher.handled().unwrap_or(resume);
     drop(batcher);
     if let Err(e) = flushed.and_then(|()| shipper.finish_input(tag, handled)) {
-        eprintln!("error: {}", chain(&e));
+        eprintln!("error: {}", error_chain(&e));
         let _ = stop_shipper(shipper);
         return ExitCode::FAILURE;
     }
@@ -577,7 +568,7 @@ fn ship_live(
     let mut batcher = Batcher::new(&shipper, settings, &fill, &never, Overflow::Replace, None);
     let mut status = ExitCode::SUCCESS;
     let spool_failed = |e: ship::ShipError, status: &mut ExitCode| {
-        eprintln!("error: {}", chain(&e));
+        eprintln!("error: {}", error_chain(&e));
         *status = ExitCode::FAILURE;
     };
     let idle = std::time::Duration::from_millis(500);

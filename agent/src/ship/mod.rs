@@ -161,7 +161,7 @@ impl Shipper {
         for ep in &settings.endpoints {
             sender::build_endpoint(settings, ep).map_err(|e| ShipError::Endpoint {
                 url: ep.url.clone(),
-                problem: sender::error_chain(&e),
+                problem: flowlog_runtime::error_chain(&e),
             })?;
             if !ep.tls {
                 tracing::warn!(endpoint = %ep.url, "insecure = true: records and the token go to this endpoint in plaintext");
@@ -383,7 +383,7 @@ async fn housekeeping(shared: Arc<Shared>, cancel: CancellationToken) {
             tracing::error!(dir = %shared.settings.spool.dir.display(), error = %e, "spool: fsync failed");
         }
         if let Err(e) = state.spool.persist_floor() {
-            tracing::error!(error = %sender::error_chain(&e), "spool: cannot persist the acknowledged floor");
+            tracing::error!(error = %flowlog_runtime::error_chain(&e), "spool: cannot persist the acknowledged floor");
         }
     }
 }

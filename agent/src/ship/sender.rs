@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flowlog_runtime::error_chain;
 use flowlog_transport::{AUTHORIZATION, MAX_MESSAGE_BYTES, pb};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -67,21 +68,6 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
         .saturating_mul(1u32 << attempt.min(20))
         .min(cap);
     jitter(ceiling).max(Duration::from_millis(10).min(ceiling))
-}
-
-/// The error and its causes, joined by `: `.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Delivery state of a batch that is not simply waiting for the active endpoint.

@@ -585,7 +585,7 @@ pub fn validate(
             } else {
                 "aggregator.endpoints"
             };
-            add(key, super::sender::error_chain(&e));
+            add(key, flowlog_runtime::error_chain(&e));
             return None;
         }
         if settings.client_identity.is_some()
@@ -595,7 +595,7 @@ pub fn validate(
                 "aggregator.client_cert",
                 format!(
                     "client_cert and client_key are not a certificate and its key: {}",
-                    super::sender::error_chain(&e)
+                    flowlog_runtime::error_chain(&e)
                 ),
             );
             return None;
