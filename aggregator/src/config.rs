@@ -270,30 +270,11 @@ pub struct ByteSize(pub u64);
 impl FromStr for ByteSize {
     type Err = String;
 
+    /// Parses the text form ([`flowlog_runtime::parse_size`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("'{s}' is not a size such as 75000000, \"64MiB\" or \"75MB\""))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "unknown unit '{other}' in '{s}' (use B, KB, MB, GB, KiB, MiB or GiB)"
-                ));
-            }
-        };
-        n.checked_mul(mult)
+        flowlog_runtime::parse_size(s)
             .map(ByteSize)
-            .ok_or_else(|| format!("'{s}' is too large"))
+            .map_err(|e| e.to_string())
     }
 }
 

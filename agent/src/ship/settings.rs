@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::capture_config::{SizeValue, parse_size};
+use crate::capture_config::SizeValue;
 
 /// Default `aggregator.token_file`.
 pub const DEFAULT_TOKEN_FILE: &str = "/etc/flowlog/agent.token";
@@ -247,7 +247,7 @@ fn size(
     let parsed = match value {
         None => return default,
         Some(SizeValue::Bytes(n)) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
-        Some(SizeValue::Text(t)) => parse_size(t),
+        Some(SizeValue::Text(t)) => flowlog_runtime::parse_size(t).map_err(|e| e.to_string()),
     };
     match parsed {
         Ok(n) if n >= MIN_SPOOL_BYTES => n,
