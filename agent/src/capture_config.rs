@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use flowlog_runtime::parse_size;
+use flowlog_runtime::{parse_duration, parse_size};
 use serde::Deserialize;
 
 /// Default [`CaptureSettings::fanout_threads`].
@@ -113,7 +113,7 @@ impl CaptureConfig {
             }
         }
         if let Some(text) = &self.rescan_interval {
-            match humantime::parse_duration(text) {
+            match parse_duration(text) {
                 Ok(d) if d.is_zero() || d >= MIN_RESCAN_INTERVAL => settings.rescan_interval = d,
                 Ok(_) => problems.push((
                     "capture.rescan_interval".into(),

@@ -782,7 +782,7 @@ fn imds_settings(raw: &MetadataConfig, add: &mut dyn FnMut(&str, String)) -> Opt
         }
     }
     if let Some(text) = &raw.imds_timeout {
-        match humantime::parse_duration(text) {
+        match flowlog_runtime::parse_duration(text) {
             Ok(d) if !d.is_zero() && d <= MAX_IMDS_TIMEOUT => settings.timeout = d,
             Ok(_) => add(
                 "metadata.imds_timeout",

@@ -566,7 +566,7 @@ fn duration(
         Some(s) => problems
             .check(
                 key,
-                humantime::parse_duration(s).map_err(|e| {
+                flowlog_runtime::parse_duration(s).map_err(|e| {
                     format!("'{s}' is not a duration such as \"60s\" or \"5m\" ({e})")
                 }),
             )

@@ -224,7 +224,7 @@ fn duration(
 ) -> Duration {
     match text {
         None => default,
-        Some(t) => match humantime::parse_duration(t) {
+        Some(t) => match flowlog_runtime::parse_duration(t) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 add(key, format!("'{t}' must be longer than 0s"));
