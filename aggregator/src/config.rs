@@ -1548,6 +1548,37 @@ mod tests {
         );
     }
 
+    /// `[state] fsync = "interval:<duration>"` takes every duration form, as the agent's
+    /// `[spool] fsync` does; `interval:1m` used to be refused.
+    #[test]
+    fn state_fsync_interval_takes_any_duration() {
+        for (text, want) in [
+            ("interval:1m", Duration::from_secs(60)),
+            ("interval:200ms", Duration::from_millis(200)),
+            ("interval:0.5s", Duration::from_millis(500)),
+            ("interval:2s", Duration::from_secs(2)),
+            ("INTERVAL:1500MS", Duration::from_millis(1500)),
+        ] {
+            let s = parse(&format!("{MINIMAL}[state]\nfsync = \"{text}\"\n"), "t.toml").unwrap();
+            assert_eq!(s.state.fsync, FsyncPolicy::Interval(want), "{text}");
+        }
+        let s = parse(&format!("{MINIMAL}[state]\nfsync = \"never\"\n"), "t.toml").unwrap();
+        assert_eq!(s.state.fsync, FsyncPolicy::Never);
+        let e = parse(
+            &format!("{MINIMAL}[state]\nfsync = \"interval:soon\"\n"),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].key, "state.fsync");
+        assert!(
+            e.problems[0]
+                .message
+                .starts_with("invalid fsync policy \"interval:soon\""),
+            "{e}"
+        );
+    }
+
     #[test]
     fn byte_sizes() {
         assert_eq!("75000000".parse::<ByteSize>(), Ok(ByteSize(75_000_000)));

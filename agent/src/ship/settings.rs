@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use flowlog_runtime::FsyncPolicyError;
+
 use crate::capture_config::SizeValue;
 
 /// Default `aggregator.token_file`.
@@ -49,16 +51,8 @@ pub enum Compression {
     None,
 }
 
-/// When the spool fsyncs what it writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Before a batch counts as spooled (the default).
-    Always,
-    /// Never (the OS writes back when it likes; a power loss can lose spooled batches).
-    Never,
-    /// At most this long after a write.
-    Interval(Duration),
-}
+/// When the spool fsyncs what it writes (see [`SpoolSettings::fsync`]).
+pub use flowlog_runtime::FsyncPolicy;
 
 /// Validated `[spool]` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +64,12 @@ pub struct SpoolSettings {
     pub max_bytes: u64,
     /// Bytes of one segment file (a new one is started when the next batch does not fit).
     pub segment_bytes: u64,
-    /// The fsync policy.
+    /// The fsync policy (`spool.fsync`; a zero interval is refused):
+    ///
+    /// - [`FsyncPolicy::Always`]: before a batch counts as spooled (the default);
+    /// - [`FsyncPolicy::Never`]: never (the OS writes back when it likes; a power loss can
+    ///   lose spooled batches);
+    /// - [`FsyncPolicy::Interval`]: at most this long after a write.
     pub fsync: FsyncPolicy,
 }
 
@@ -622,28 +621,28 @@ fn validate_spool(raw: SpoolConfig, add: &mut dyn FnMut(&str, String)) -> SpoolS
         DEFAULT_SEGMENT_BYTES,
         add,
     );
-    let fsync = match raw.fsync.as_deref() {
-        None | Some("always") => FsyncPolicy::Always,
-        Some("never") => FsyncPolicy::Never,
-        Some(other) => match other.strip_prefix("interval:") {
-            Some(d) => match humantime::parse_duration(d) {
-                Ok(d) if !d.is_zero() => FsyncPolicy::Interval(d),
-                _ => {
-                    add(
-                        "spool.fsync",
-                        format!("'{other}': the interval must be a duration such as \"1s\""),
-                    );
-                    FsyncPolicy::Always
-                }
-            },
-            None => {
-                add(
-                    "spool.fsync",
-                    format!("'{other}' is not one of always, never, interval:<duration>"),
-                );
-                FsyncPolicy::Always
-            }
-        },
+    let fsync = match raw
+        .fsync
+        .as_deref()
+        .map(|text| (text, text.parse::<FsyncPolicy>()))
+    {
+        None => FsyncPolicy::Always,
+        Some((_, Ok(FsyncPolicy::Interval(d)))) if !d.is_zero() => FsyncPolicy::Interval(d),
+        Some((_, Ok(policy @ (FsyncPolicy::Always | FsyncPolicy::Never)))) => policy,
+        Some((other, Ok(FsyncPolicy::Interval(_)) | Err(FsyncPolicyError::Interval { .. }))) => {
+            add(
+                "spool.fsync",
+                format!("'{other}': the interval must be a duration such as \"1s\""),
+            );
+            FsyncPolicy::Always
+        }
+        Some((other, Err(FsyncPolicyError::Unknown { .. }))) => {
+            add(
+                "spool.fsync",
+                format!("'{other}' is not one of always, never, interval:<duration>"),
+            );
+            FsyncPolicy::Always
+        }
     };
     SpoolSettings {
         dir,
@@ -889,6 +888,52 @@ mod tests {
             p.iter()
                 .any(|(k, m)| k == "aggregator.ca_file" && m.contains("/nonexistent/ca.pem")),
             "{p:?}"
+        );
+    }
+
+    /// `spool.fsync` takes `interval:` with any duration but zero.
+    #[test]
+    fn spool_fsync_forms() {
+        let spool = |fsync: &str| {
+            let mut problems = Vec::new();
+            let raw = toml::from_str(&format!("fsync = \"{fsync}\"\n")).unwrap();
+            let s = validate_spool(raw, &mut |k: &str, p: String| {
+                problems.push((k.to_owned(), p));
+            });
+            (s.fsync, problems)
+        };
+        for (text, want) in [
+            ("always", FsyncPolicy::Always),
+            ("never", FsyncPolicy::Never),
+            (
+                "interval:1m",
+                FsyncPolicy::Interval(Duration::from_secs(60)),
+            ),
+            ("interval:1s", FsyncPolicy::Interval(Duration::from_secs(1))),
+            (
+                "interval:0.5s",
+                FsyncPolicy::Interval(Duration::from_millis(500)),
+            ),
+        ] {
+            assert_eq!(spool(text), (want, Vec::new()), "{text}");
+        }
+        for bad in ["interval:0s", "interval:soon", "interval:"] {
+            let (fsync, problems) = spool(bad);
+            assert_eq!(fsync, FsyncPolicy::Always);
+            assert_eq!(
+                problems,
+                [(
+                    "spool.fsync".to_owned(),
+                    format!("'{bad}': the interval must be a duration such as \"1s\"")
+                )]
+            );
+        }
+        assert_eq!(
+            spool("sometimes").1,
+            [(
+                "spool.fsync".to_owned(),
+                "'sometimes' is not one of always, never, interval:<duration>".to_owned()
+            )]
         );
     }
 
