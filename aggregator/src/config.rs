@@ -18,6 +18,7 @@ use flowlog_formats::key::{
     KeyLayout, KeyPrefix, validate_account_id, validate_flow_log_id, validate_region,
 };
 use flowlog_formats::parquet::ParquetOptions;
+use flowlog_runtime::service;
 use serde::Deserialize;
 
 use crate::convert::OutputFormat;
@@ -1303,26 +1304,23 @@ fn validate_service(raw: RawService, p: &mut Problems) -> ServiceSettings {
         Duration::from_secs(30),
         p,
     );
-    let log_format = match raw.log_format.as_deref() {
-        None => LogOutput::Text,
-        Some(s) => p
-            .check("service.log_format", s.parse::<LogOutput>())
-            .unwrap_or(LogOutput::Text),
-    };
-    let metrics_address = raw.metrics_address.filter(|a| !a.is_empty());
-    if let Some(a) = &metrics_address
-        && a.parse::<std::net::SocketAddr>().is_err()
-    {
-        p.add(
+    let log_format = p
+        .check(
+            "service.log_format",
+            service::log_format(raw.log_format.as_deref()),
+        )
+        .unwrap_or(LogOutput::Text);
+    let metrics_address = p
+        .check(
             "service.metrics_address",
-            format!("'{a}' is not an address such as 127.0.0.1:9464"),
-        );
-    }
+            service::metrics_address(raw.metrics_address),
+        )
+        .flatten();
     ServiceSettings {
         shutdown_grace,
         metrics_address,
         log_format,
-        log_level: raw.log_level.unwrap_or_else(|| "info".to_owned()),
+        log_level: service::log_level(raw.log_level),
     }
 }
 

@@ -9,9 +9,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use flowlog_runtime::FsyncPolicyError;
+use flowlog_runtime::service::{self, UnknownLogFormat};
+use serde::Deserialize;
 
 use crate::capture_config::SizeValue;
 
@@ -74,14 +74,7 @@ pub struct SpoolSettings {
 }
 
 /// Format of the log lines on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogOutput {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use flowlog_runtime::LogOutput;
 
 /// `[service]` keys that apply in ship mode.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -659,27 +652,19 @@ fn validate_service(raw: ServiceConfig, add: &mut dyn FnMut(&str, String)) -> Se
             "applies to standalone mode; with [aggregator] set aggregator.shutdown_grace".into(),
         );
     }
-    let metrics_address = raw.metrics_address.filter(|a| !a.is_empty());
-    if let Some(a) = &metrics_address
-        && a.parse::<std::net::SocketAddr>().is_err()
-    {
-        add(
-            "service.metrics_address",
-            format!("'{a}' is not an address such as 127.0.0.1:9464"),
-        );
-    }
-    let log_format = match raw.log_format.as_deref() {
-        None | Some("text") => LogOutput::Text,
-        Some("json") => LogOutput::Json,
-        Some(other) => {
+    let metrics_address = service::metrics_address(raw.metrics_address).unwrap_or_else(|e| {
+        add("service.metrics_address", e.to_string());
+        None
+    });
+    let log_format =
+        service::log_format(raw.log_format.as_deref()).unwrap_or_else(|UnknownLogFormat(other)| {
             add(
                 "service.log_format",
                 format!("'{other}' is not one of text, json"),
             );
             LogOutput::Text
-        }
-    };
-    let log_level = raw.log_level.unwrap_or_else(|| "info".to_owned());
+        });
+    let log_level = service::log_level(raw.log_level);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
         add(
             "service.log_level",
