@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use flowlog_runtime::{parse_duration, parse_size};
 use serde::Deserialize;
 
 /// Default [`CaptureSettings::fanout_threads`].
@@ -112,7 +113,7 @@ impl CaptureConfig {
             }
         }
         if let Some(text) = &self.rescan_interval {
-            match humantime::parse_duration(text) {
+            match parse_duration(text) {
                 Ok(d) if d.is_zero() || d >= MIN_RESCAN_INTERVAL => settings.rescan_interval = d,
                 Ok(_) => problems.push((
                     "capture.rescan_interval".into(),
@@ -127,7 +128,7 @@ impl CaptureConfig {
         if let Some(size) = &self.socket_buffer {
             let parsed = match size {
                 SizeValue::Bytes(n) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
-                SizeValue::Text(t) => parse_size(t),
+                SizeValue::Text(t) => parse_size(t).map_err(|e| e.to_string()),
             };
             match parsed.map(usize::try_from) {
                 Ok(Ok(n)) if (MIN_SOCKET_BUFFER_BYTES..=MAX_SOCKET_BUFFER_BYTES).contains(&n) => {
@@ -149,28 +150,6 @@ fn shown(size: &SizeValue) -> String {
         SizeValue::Bytes(n) => n.to_string(),
         SizeValue::Text(t) => format!("'{t}'"),
     }
-}
-
-/// Parses a byte size: digits, optionally followed by a unit `B`, `kB`/`KB`, `MB`, `GB`
-/// (powers of 1000) or `KiB`, `MiB`, `GiB` (powers of 1024); spaces between are allowed.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
-    let (number, unit) = t.split_at(digits);
-    let bad = || format!("'{text}' is not a size such as \"8MiB\" or \"65536\"");
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let factor: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "kB" | "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(factor)
-        .ok_or_else(|| format!("'{text}' is too large"))
 }
 
 #[cfg(test)]
@@ -228,18 +207,5 @@ mod tests {
         let (_, p) = check("socket_buffer = \"2GiB\"\n");
         assert_eq!(p.len(), 1);
         assert!(toml::from_str::<CaptureConfig>("snaplen = 96\n").is_err());
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
-        assert_eq!(parse_size("8 MiB"), Ok(8 << 20));
-        assert_eq!(parse_size("64kB"), Ok(64_000));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("1.5MiB").is_err());
-        assert!(parse_size("99999999999999999999GiB").is_err());
     }
 }

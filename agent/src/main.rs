@@ -435,7 +435,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>, ExitCode> {
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
-    ship::sender::error_chain(e)
+    flowlog_runtime::error_chain(e)
 }
 
 /// Aggregators (`[aggregator]` set, no `--stdout`): records go to the spool in batches, and

@@ -24,7 +24,6 @@
 //! describe traffic, so only `OK` rows have them, and `traffic-path` only on egress rows.
 
 use std::collections::HashSet;
-use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
@@ -127,18 +126,6 @@ fn validate_sublocation_id(value: &str) -> Result<(), String> {
             "'{value}' is not a sublocation id such as op-0a1b2c3d4e5f60718 or usw2-lax1-az1 (lowercase letters, digits, '-')"
         ))
     }
-}
-
-/// Renders an error and its causes on one line (`a: b: c`).
-fn with_causes(e: &dyn StdError) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    text
 }
 
 // ---------------------------------------------------------------------------------------
@@ -795,7 +782,7 @@ fn imds_settings(raw: &MetadataConfig, add: &mut dyn FnMut(&str, String)) -> Opt
         }
     }
     if let Some(text) = &raw.imds_timeout {
-        match humantime::parse_duration(text) {
+        match flowlog_runtime::parse_duration(text) {
             Ok(d) if !d.is_zero() && d <= MAX_IMDS_TIMEOUT => settings.timeout = d,
             Ok(_) => add(
                 "metadata.imds_timeout",
@@ -911,7 +898,7 @@ impl MetadataSettings {
         if let Some(path) = &raw.ip_ranges {
             match AwsIpRanges::load(Path::new(path)) {
                 Ok(ranges) => settings.ip_ranges = Some(Arc::new(ranges)),
-                Err(e) => add("metadata.ip_ranges", with_causes(&e)),
+                Err(e) => add("metadata.ip_ranges", flowlog_runtime::error_chain(&e)),
             }
         }
         let mut cidrs = HashSet::new();
@@ -1531,7 +1518,7 @@ mod tests {
         assert!(e.to_string().contains("prefixes[0].service"), "{e}");
         let missing_service = "{\"prefixes\": [\n{\"ip_prefix\": \"3.5.0.0/16\"}]}";
         let e = AwsIpRanges::from_json(missing_service.as_bytes(), path).unwrap_err();
-        let text = with_causes(&e);
+        let text = flowlog_runtime::error_chain(&e);
         assert!(
             text.starts_with("/etc/flowlog/ip-ranges.json is not an AWS ip-ranges.json document")
                 && text.contains("service")
@@ -1542,7 +1529,8 @@ mod tests {
         assert!(e.to_string().contains("neither"), "{e}");
         let e = AwsIpRanges::load(Path::new("/nonexistent/ip-ranges.json")).unwrap_err();
         assert!(
-            with_causes(&e).starts_with("cannot read /nonexistent/ip-ranges.json: "),
+            flowlog_runtime::error_chain(&e)
+                .starts_with("cannot read /nonexistent/ip-ranges.json: "),
             "{e}"
         );
     }

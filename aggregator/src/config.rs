@@ -18,6 +18,7 @@ use flowlog_formats::key::{
     KeyLayout, KeyPrefix, validate_account_id, validate_flow_log_id, validate_region,
 };
 use flowlog_formats::parquet::ParquetOptions;
+use flowlog_runtime::service;
 use serde::Deserialize;
 
 use crate::sink::s3::{ChecksumMode, S3Settings, Sse};
@@ -279,30 +280,11 @@ pub struct ByteSize(pub u64);
 impl FromStr for ByteSize {
     type Err = String;
 
+    /// Parses the text form ([`flowlog_runtime::parse_size`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("'{s}' is not a size such as 75000000, \"64MiB\" or \"75MB\""))?;
-        let mult: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            other => {
-                return Err(format!(
-                    "unknown unit '{other}' in '{s}' (use B, KB, MB, GB, KiB, MiB or GiB)"
-                ));
-            }
-        };
-        n.checked_mul(mult)
+        flowlog_runtime::parse_size(s)
             .map(ByteSize)
-            .ok_or_else(|| format!("'{s}' is too large"))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -594,7 +576,7 @@ fn duration(
         Some(s) => problems
             .check(
                 key,
-                humantime::parse_duration(s).map_err(|e| {
+                flowlog_runtime::parse_duration(s).map_err(|e| {
                     format!("'{s}' is not a duration such as \"60s\" or \"5m\" ({e})")
                 }),
             )
@@ -1331,26 +1313,23 @@ fn validate_service(raw: RawService, p: &mut Problems) -> ServiceSettings {
         Duration::from_secs(30),
         p,
     );
-    let log_format = match raw.log_format.as_deref() {
-        None => LogOutput::Text,
-        Some(s) => p
-            .check("service.log_format", s.parse::<LogOutput>())
-            .unwrap_or(LogOutput::Text),
-    };
-    let metrics_address = raw.metrics_address.filter(|a| !a.is_empty());
-    if let Some(a) = &metrics_address
-        && a.parse::<std::net::SocketAddr>().is_err()
-    {
-        p.add(
+    let log_format = p
+        .check(
+            "service.log_format",
+            service::log_format(raw.log_format.as_deref()),
+        )
+        .unwrap_or(LogOutput::Text);
+    let metrics_address = p
+        .check(
             "service.metrics_address",
-            format!("'{a}' is not an address such as 127.0.0.1:9464"),
-        );
-    }
+            service::metrics_address(raw.metrics_address),
+        )
+        .flatten();
     ServiceSettings {
         shutdown_grace,
         metrics_address,
         log_format,
-        log_level: raw.log_level.unwrap_or_else(|| "info".to_owned()),
+        log_level: service::log_level(raw.log_level),
     }
 }
 
@@ -1573,6 +1552,37 @@ mod tests {
         assert!(
             !shown.contains("bbbbbbbb"),
             "tokens are never shown: {shown}"
+        );
+    }
+
+    /// `[state] fsync = "interval:<duration>"` takes every duration form, as the agent's
+    /// `[spool] fsync` does; `interval:1m` used to be refused.
+    #[test]
+    fn state_fsync_interval_takes_any_duration() {
+        for (text, want) in [
+            ("interval:1m", Duration::from_secs(60)),
+            ("interval:200ms", Duration::from_millis(200)),
+            ("interval:0.5s", Duration::from_millis(500)),
+            ("interval:2s", Duration::from_secs(2)),
+            ("INTERVAL:1500MS", Duration::from_millis(1500)),
+        ] {
+            let s = parse(&format!("{MINIMAL}[state]\nfsync = \"{text}\"\n"), "t.toml").unwrap();
+            assert_eq!(s.state.fsync, FsyncPolicy::Interval(want), "{text}");
+        }
+        let s = parse(&format!("{MINIMAL}[state]\nfsync = \"never\"\n"), "t.toml").unwrap();
+        assert_eq!(s.state.fsync, FsyncPolicy::Never);
+        let e = parse(
+            &format!("{MINIMAL}[state]\nfsync = \"interval:soon\"\n"),
+            "t.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].key, "state.fsync");
+        assert!(
+            e.problems[0]
+                .message
+                .starts_with("invalid fsync policy \"interval:soon\""),
+            "{e}"
         );
     }
 

@@ -11,9 +11,7 @@
 //! [`RETRY_TRANSIENT`], …), never from keys, addresses or other unbounded data.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::IsTerminal;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -36,9 +34,6 @@ use tracing_subscriber::EnvFilter;
 /// Errors of the telemetry functions.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    /// A log format name other than `text` or `json`.
-    #[error("unknown log format '{0}', expected one of: text, json")]
-    UnknownLogFormat(String),
     /// The log filter (the `filter` argument or `RUST_LOG`) cannot be parsed.
     #[error("invalid log filter '{filter}' (from {origin})")]
     LogFilter {
@@ -68,43 +63,8 @@ pub enum TelemetryError {
 // Logs
 // ---------------------------------------------------------------------------------------
 
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogOutput {
-    /// Human-readable lines (coloured when stderr is a terminal).
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl LogOutput {
-    /// Returns the configuration name: `text` or `json`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LogOutput::Text => "text",
-            LogOutput::Json => "json",
-        }
-    }
-}
-
-impl FromStr for LogOutput {
-    type Err = TelemetryError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "text" => Ok(LogOutput::Text),
-            "json" => Ok(LogOutput::Json),
-            other => Err(TelemetryError::UnknownLogFormat(other.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for LogOutput {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How log lines are written to stderr (`service.log_format`).
+pub use flowlog_runtime::LogOutput;
 
 /// Builds the filter: `RUST_LOG` (when set and not blank) wins over `filter`.
 fn build_filter(filter: &str, rust_log: Option<String>) -> Result<EnvFilter, TelemetryError> {
@@ -882,18 +842,6 @@ mod tests {
             cancel.clone(),
         ));
         (addr, metrics, health, cancel, task)
-    }
-
-    #[test]
-    fn log_output_parses() {
-        assert_eq!("text".parse::<LogOutput>().unwrap(), LogOutput::Text);
-        assert_eq!("json".parse::<LogOutput>().unwrap(), LogOutput::Json);
-        let e = "xml".parse::<LogOutput>().unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "unknown log format 'xml', expected one of: text, json"
-        );
-        assert_eq!(LogOutput::Json.to_string(), "json");
     }
 
     #[test]

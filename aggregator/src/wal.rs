@@ -106,8 +106,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::file_modes;
 
@@ -132,97 +131,8 @@ const SEGMENT_PREFIX: &str = "wal-";
 const SEGMENT_SUFFIX: &str = ".seg";
 const TMP_SUFFIX: &str = ".seg.tmp";
 
-/// When the active segment is fdatasync'd.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FsyncPolicy {
-    /// Sync the segment before [`Wal::append`] returns: an acknowledged entry
-    /// survives a power loss. The default.
-    #[default]
-    Always,
-    /// Sync at an append when the last sync is older than the interval, on
-    /// [`Wal::sync`] and when the [`Wal`] is dropped. A power loss can lose
-    /// the entries of the last interval (a process crash loses nothing). An
-    /// idle WAL is not synced by a timer; call [`Wal::sync`] for that.
-    Interval(Duration),
-    /// Never sync except on [`Wal::sync`] and segment rotation; the OS writes
-    /// the data back on its own schedule. A power loss or kernel crash can
-    /// lose the last seconds of entries; a process crash loses nothing.
-    Never,
-}
-
-impl fmt::Display for FsyncPolicy {
-    /// Formats the policy in the form accepted by [`FsyncPolicy::from_str`].
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Always => f.write_str("always"),
-            Self::Never => f.write_str("never"),
-            Self::Interval(d) => {
-                if d.subsec_nanos() % 1_000_000 != 0 {
-                    write!(f, "interval:{}.{:09}s", d.as_secs(), d.subsec_nanos())
-                } else if d.subsec_nanos() == 0 && !d.is_zero() {
-                    write!(f, "interval:{}s", d.as_secs())
-                } else {
-                    write!(f, "interval:{}ms", d.as_millis())
-                }
-            }
-        }
-    }
-}
-
-impl FromStr for FsyncPolicy {
-    type Err = WalError;
-
-    /// Parses `always`, `never` or `interval:<duration>` where the duration
-    /// is a number with an `ms` or `s` suffix (`interval:200ms`,
-    /// `interval:2s`, `interval:0.5s`). Case-insensitive.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let lower = s.trim().to_ascii_lowercase();
-        let invalid = || WalError::InvalidFsyncPolicy {
-            input: s.to_owned(),
-        };
-        match lower.as_str() {
-            "always" => Ok(Self::Always),
-            "never" => Ok(Self::Never),
-            other => other
-                .strip_prefix("interval:")
-                .and_then(parse_duration)
-                .map(Self::Interval)
-                .ok_or_else(invalid),
-        }
-    }
-}
-
-/// Parses `<number>ms` or `<number>s`; the number may have up to nine
-/// fractional digits.
-fn parse_duration(s: &str) -> Option<Duration> {
-    const NANOS_PER_SEC: u128 = 1_000_000_000;
-    let s = s.trim();
-    let (number, unit_nanos) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1_000_000u128)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, NANOS_PER_SEC)
-    } else {
-        return None;
-    };
-    let number = number.trim_end();
-    let (int, frac) = match number.split_once('.') {
-        Some((int, frac)) if !frac.is_empty() && frac.len() <= 9 => (int, frac),
-        Some(_) => return None,
-        None => (number, ""),
-    };
-    let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-    if int.is_empty() || !digits(int) || !digits(frac) {
-        return None;
-    }
-    let mut nanos = int.parse::<u128>().ok()?.checked_mul(unit_nanos)?;
-    if !frac.is_empty() {
-        let scale = 10u128.pow(u32::try_from(frac.len()).ok()?);
-        nanos = nanos.checked_add(frac.parse::<u128>().ok()? * unit_nanos / scale)?;
-    }
-    let secs = u64::try_from(nanos / NANOS_PER_SEC).ok()?;
-    let sub = u32::try_from(nanos % NANOS_PER_SEC).ok()?;
-    Some(Duration::new(secs, sub))
-}
+/// When the active segment is fdatasync'd (see [`WalSettings::fsync`]).
+pub use flowlog_runtime::FsyncPolicy;
 
 /// Configuration of a [`Wal`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +143,16 @@ pub struct WalSettings {
     /// entry larger than this gets a segment of its own. Default 64 MiB.
     pub segment_bytes: u64,
     /// When appends are fdatasync'd. Default [`FsyncPolicy::Always`].
+    ///
+    /// - [`FsyncPolicy::Always`]: sync the segment before [`Wal::append`] returns: an
+    ///   acknowledged entry survives a power loss.
+    /// - [`FsyncPolicy::Interval`]: sync at an append when the last sync is older than
+    ///   the interval, on [`Wal::sync`] and when the [`Wal`] is dropped. A power loss can
+    ///   lose the entries of the last interval (a process crash loses nothing). An idle
+    ///   WAL is not synced by a timer; call [`Wal::sync`] for that.
+    /// - [`FsyncPolicy::Never`]: never sync except on [`Wal::sync`] and segment rotation;
+    ///   the OS writes the data back on its own schedule. A power loss or kernel crash can
+    ///   lose the last seconds of entries; a process crash loses nothing.
     pub fsync: FsyncPolicy,
 }
 
@@ -291,14 +211,6 @@ pub enum WalError {
     Poisoned {
         /// The WAL directory.
         dir: PathBuf,
-    },
-    /// [`FsyncPolicy::from_str`] got an unknown form.
-    #[error(
-        "invalid fsync policy {input:?}: expected \"always\", \"never\" or \"interval:<n>ms\" / \"interval:<n>s\" (e.g. \"interval:200ms\")"
-    )]
-    InvalidFsyncPolicy {
-        /// The rejected input.
-        input: String,
     },
 }
 
@@ -1287,6 +1199,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     /// Deterministic payload of `len` bytes for entry `lsn`.
     fn payload(lsn: u64, len: usize) -> Vec<u8> {
@@ -2031,74 +1944,7 @@ mod tests {
     }
 
     #[test]
-    fn fsync_policy_from_str() {
-        let ok = [
-            ("always", FsyncPolicy::Always),
-            ("Always", FsyncPolicy::Always),
-            (" never ", FsyncPolicy::Never),
-            (
-                "interval:200ms",
-                FsyncPolicy::Interval(Duration::from_millis(200)),
-            ),
-            ("interval:2s", FsyncPolicy::Interval(Duration::from_secs(2))),
-            (
-                "INTERVAL:1500MS",
-                FsyncPolicy::Interval(Duration::from_millis(1500)),
-            ),
-            (
-                "interval:0.5s",
-                FsyncPolicy::Interval(Duration::from_millis(500)),
-            ),
-            (
-                "interval:1.25ms",
-                FsyncPolicy::Interval(Duration::from_micros(1250)),
-            ),
-            (
-                "interval: 100 ms",
-                FsyncPolicy::Interval(Duration::from_millis(100)),
-            ),
-            ("interval:0ms", FsyncPolicy::Interval(Duration::ZERO)),
-        ];
-        for (input, want) in ok {
-            assert_eq!(input.parse::<FsyncPolicy>().unwrap(), want, "{input}");
-            // Display round-trips.
-            assert_eq!(want.to_string().parse::<FsyncPolicy>().unwrap(), want);
-        }
-        assert_eq!(
-            FsyncPolicy::Interval(Duration::from_millis(200)).to_string(),
-            "interval:200ms"
-        );
-        assert_eq!(
-            FsyncPolicy::Interval(Duration::from_secs(3)).to_string(),
-            "interval:3s"
-        );
-        assert_eq!(
-            FsyncPolicy::Interval(Duration::new(1, 1)).to_string(),
-            "interval:1.000000001s"
-        );
-        for bad in [
-            "",
-            "sometimes",
-            "interval",
-            "interval:",
-            "interval:200",
-            "interval:ms",
-            "interval:-1s",
-            "interval:1.s",
-            "interval:.5s",
-            "interval:1.0000000001s",
-            "interval:1m",
-            "interval:1h",
-            "interval:99999999999999999999999999999999999999999s",
-            "always:1s",
-        ] {
-            let err = bad.parse::<FsyncPolicy>().unwrap_err();
-            let msg = err.to_string();
-            assert!(matches!(err, WalError::InvalidFsyncPolicy { .. }), "{bad}");
-            assert!(msg.contains("\"always\""), "{msg}");
-            assert!(msg.contains("\"never\""), "{msg}");
-            assert!(msg.contains("interval:<n>ms"), "{msg}");
-        }
+    fn settings_default_to_always_and_64_mib() {
         assert_eq!(FsyncPolicy::default(), FsyncPolicy::Always);
         let s = WalSettings::new("/x");
         assert_eq!(s.segment_bytes, 64 * 1024 * 1024);

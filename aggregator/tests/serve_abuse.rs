@@ -221,15 +221,10 @@ async fn raw_call(
     std::future::poll_fn(|cx| ch.poll_ready(cx))
         .await
         .map_err(|e| e.to_string())?;
-    let response = ch.call(request).await.map_err(|e| {
-        let mut chain = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            chain.push_str(&format!(": {s}"));
-            source = s.source();
-        }
-        chain
-    })?;
+    let response = ch
+        .call(request)
+        .await
+        .map_err(|e| flowlog_runtime::error_chain(&e))?;
     if let Some(status) = tonic::Status::from_header_map(response.headers()) {
         return Ok((status.code(), status.message().to_owned()));
     }

@@ -21,10 +21,8 @@ pub mod service;
 pub mod settings;
 pub mod spool;
 
-use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -71,18 +69,6 @@ pub enum ShipError {
     /// Shipping stopped (shutdown) while a batch waited for room in the spool.
     #[error("stopped while waiting for room in the spool")]
     Stopped,
-}
-
-/// A random duration in `[0, max]` (full jitter).
-pub fn jitter(max: Duration) -> Duration {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
-    if nanos == 0 {
-        return Duration::ZERO;
-    }
-    Duration::from_nanos(h.finish() % (nanos + 1).max(1))
 }
 
 /// The spool and the dispatch state, behind one lock.
@@ -161,7 +147,7 @@ impl Shipper {
         for ep in &settings.endpoints {
             sender::build_endpoint(settings, ep).map_err(|e| ShipError::Endpoint {
                 url: ep.url.clone(),
-                problem: sender::error_chain(&e),
+                problem: flowlog_runtime::error_chain(&e),
             })?;
             if !ep.tls {
                 tracing::warn!(endpoint = %ep.url, "insecure = true: records and the token go to this endpoint in plaintext");
@@ -383,7 +369,7 @@ async fn housekeeping(shared: Arc<Shared>, cancel: CancellationToken) {
             tracing::error!(dir = %shared.settings.spool.dir.display(), error = %e, "spool: fsync failed");
         }
         if let Err(e) = state.spool.persist_floor() {
-            tracing::error!(error = %sender::error_chain(&e), "spool: cannot persist the acknowledged floor");
+            tracing::error!(error = %flowlog_runtime::error_chain(&e), "spool: cannot persist the acknowledged floor");
         }
     }
 }

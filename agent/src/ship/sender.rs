@@ -20,6 +20,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flowlog_runtime::backoff::Backoff;
+use flowlog_runtime::error_chain;
 use flowlog_transport::{AUTHORIZATION, MAX_MESSAGE_BYTES, pb};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -27,12 +29,16 @@ use tonic::codec::CompressionEncoding;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
+use super::Shared;
 use super::settings::{Compression, EndpointSettings, ShipSettings};
-use super::{Shared, jitter};
 use crate::metrics::{AckLabels, EndpointLabels, FailureLabels};
 
 /// Smallest step of the exponential backoff.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Most doublings of [`BACKOFF_BASE`] (about 29 h), whatever `retry_max`.
+const BACKOFF_DOUBLINGS: u32 = 20;
+/// Shortest backoff delay (unless the ceiling is shorter).
+const BACKOFF_FLOOR: Duration = Duration::from_millis(10);
 /// How often an idle endpoint task looks for work it was not woken for (delays expiring).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -61,27 +67,21 @@ pub fn build_endpoint(
     Ok(endpoint)
 }
 
-/// Exponential backoff with full jitter: a random delay up to `min(cap, 100ms · 2^n)`.
+/// Exponential backoff with full jitter: a random delay up to `min(cap, 100ms · 2^n)`
+/// (`n` at most 20), and at least 10 ms (or that ceiling, when it is shorter).
 pub fn backoff(attempt: u32, cap: Duration) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(cap);
-    jitter(ceiling).max(Duration::from_millis(10).min(ceiling))
+    schedule(cap).transient_delay_at_least(attempt.saturating_add(1), BACKOFF_FLOOR)
 }
 
-/// The error and its causes, joined by `: `.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
+/// The schedule of [`backoff`]: attempt `n + 1` of the [`Backoff`] has the ceiling
+/// `min(cap, 100ms · 2^min(n, 20))`.
+fn schedule(cap: Duration) -> Backoff {
+    Backoff {
+        initial: BACKOFF_BASE,
+        max: cap.min(BACKOFF_BASE.saturating_mul(1u32 << BACKOFF_DOUBLINGS)),
+        // Refusals are retried on the transient schedule.
+        permanent_max: cap,
     }
-    text
 }
 
 /// Delivery state of a batch that is not simply waiting for the active endpoint.
@@ -695,5 +695,40 @@ impl Shared {
         self.changed.notify_all();
         self.wake.notify_waiters();
         broken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ceiling of retry `n` (0-based) is `min(cap, 100ms · 2^min(n, 20))`, and the
+    /// delay lies between `min(10ms, ceiling)` and the ceiling.
+    #[test]
+    fn backoff_follows_its_schedule() {
+        let caps = [
+            Duration::from_millis(5),
+            Duration::from_millis(150),
+            Duration::from_secs(30),
+            Duration::from_secs(40 * 3600),
+            Duration::MAX,
+        ];
+        for cap in caps {
+            for attempt in [0, 1, 2, 5, 19, 20, 21, 31, 32, 1000, u32::MAX] {
+                let ceiling = BACKOFF_BASE
+                    .saturating_mul(1u32 << attempt.min(20))
+                    .min(cap);
+                assert_eq!(
+                    schedule(cap).ceiling(attempt.saturating_add(1)),
+                    ceiling,
+                    "{attempt} {cap:?}"
+                );
+                for _ in 0..20 {
+                    let d = backoff(attempt, cap);
+                    assert!(d <= ceiling, "{d:?} > {ceiling:?}");
+                    assert!(d >= BACKOFF_FLOOR.min(ceiling), "{d:?}");
+                }
+            }
+        }
     }
 }

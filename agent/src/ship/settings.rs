@@ -9,9 +9,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use flowlog_runtime::FsyncPolicyError;
+use flowlog_runtime::service::{self, UnknownLogFormat};
 use serde::Deserialize;
 
-use crate::capture_config::{SizeValue, parse_size};
+use crate::capture_config::SizeValue;
 
 /// Default `aggregator.token_file`.
 pub const DEFAULT_TOKEN_FILE: &str = "/etc/flowlog/agent.token";
@@ -49,16 +51,8 @@ pub enum Compression {
     None,
 }
 
-/// When the spool fsyncs what it writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Before a batch counts as spooled (the default).
-    Always,
-    /// Never (the OS writes back when it likes; a power loss can lose spooled batches).
-    Never,
-    /// At most this long after a write.
-    Interval(Duration),
-}
+/// When the spool fsyncs what it writes (see [`SpoolSettings::fsync`]).
+pub use flowlog_runtime::FsyncPolicy;
 
 /// Validated `[spool]` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,19 +64,17 @@ pub struct SpoolSettings {
     pub max_bytes: u64,
     /// Bytes of one segment file (a new one is started when the next batch does not fit).
     pub segment_bytes: u64,
-    /// The fsync policy.
+    /// The fsync policy (`spool.fsync`; a zero interval is refused):
+    ///
+    /// - [`FsyncPolicy::Always`]: before a batch counts as spooled (the default);
+    /// - [`FsyncPolicy::Never`]: never (the OS writes back when it likes; a power loss can
+    ///   lose spooled batches);
+    /// - [`FsyncPolicy::Interval`]: at most this long after a write.
     pub fsync: FsyncPolicy,
 }
 
 /// Format of the log lines on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LogOutput {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use flowlog_runtime::LogOutput;
 
 /// `[service]` keys that apply in ship mode.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -224,7 +216,7 @@ fn duration(
 ) -> Duration {
     match text {
         None => default,
-        Some(t) => match humantime::parse_duration(t) {
+        Some(t) => match flowlog_runtime::parse_duration(t) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 add(key, format!("'{t}' must be longer than 0s"));
@@ -247,7 +239,7 @@ fn size(
     let parsed = match value {
         None => return default,
         Some(SizeValue::Bytes(n)) => u64::try_from(*n).map_err(|_| format!("{n} is negative")),
-        Some(SizeValue::Text(t)) => parse_size(t),
+        Some(SizeValue::Text(t)) => flowlog_runtime::parse_size(t).map_err(|e| e.to_string()),
     };
     match parsed {
         Ok(n) if n >= MIN_SPOOL_BYTES => n,
@@ -585,7 +577,7 @@ pub fn validate(
             } else {
                 "aggregator.endpoints"
             };
-            add(key, super::sender::error_chain(&e));
+            add(key, flowlog_runtime::error_chain(&e));
             return None;
         }
         if settings.client_identity.is_some()
@@ -595,7 +587,7 @@ pub fn validate(
                 "aggregator.client_cert",
                 format!(
                     "client_cert and client_key are not a certificate and its key: {}",
-                    super::sender::error_chain(&e)
+                    flowlog_runtime::error_chain(&e)
                 ),
             );
             return None;
@@ -622,28 +614,28 @@ fn validate_spool(raw: SpoolConfig, add: &mut dyn FnMut(&str, String)) -> SpoolS
         DEFAULT_SEGMENT_BYTES,
         add,
     );
-    let fsync = match raw.fsync.as_deref() {
-        None | Some("always") => FsyncPolicy::Always,
-        Some("never") => FsyncPolicy::Never,
-        Some(other) => match other.strip_prefix("interval:") {
-            Some(d) => match humantime::parse_duration(d) {
-                Ok(d) if !d.is_zero() => FsyncPolicy::Interval(d),
-                _ => {
-                    add(
-                        "spool.fsync",
-                        format!("'{other}': the interval must be a duration such as \"1s\""),
-                    );
-                    FsyncPolicy::Always
-                }
-            },
-            None => {
-                add(
-                    "spool.fsync",
-                    format!("'{other}' is not one of always, never, interval:<duration>"),
-                );
-                FsyncPolicy::Always
-            }
-        },
+    let fsync = match raw
+        .fsync
+        .as_deref()
+        .map(|text| (text, text.parse::<FsyncPolicy>()))
+    {
+        None => FsyncPolicy::Always,
+        Some((_, Ok(FsyncPolicy::Interval(d)))) if !d.is_zero() => FsyncPolicy::Interval(d),
+        Some((_, Ok(policy @ (FsyncPolicy::Always | FsyncPolicy::Never)))) => policy,
+        Some((other, Ok(FsyncPolicy::Interval(_)) | Err(FsyncPolicyError::Interval { .. }))) => {
+            add(
+                "spool.fsync",
+                format!("'{other}': the interval must be a duration such as \"1s\""),
+            );
+            FsyncPolicy::Always
+        }
+        Some((other, Err(FsyncPolicyError::Unknown { .. }))) => {
+            add(
+                "spool.fsync",
+                format!("'{other}' is not one of always, never, interval:<duration>"),
+            );
+            FsyncPolicy::Always
+        }
     };
     SpoolSettings {
         dir,
@@ -660,27 +652,19 @@ fn validate_service(raw: ServiceConfig, add: &mut dyn FnMut(&str, String)) -> Se
             "applies to standalone mode; with [aggregator] set aggregator.shutdown_grace".into(),
         );
     }
-    let metrics_address = raw.metrics_address.filter(|a| !a.is_empty());
-    if let Some(a) = &metrics_address
-        && a.parse::<std::net::SocketAddr>().is_err()
-    {
-        add(
-            "service.metrics_address",
-            format!("'{a}' is not an address such as 127.0.0.1:9464"),
-        );
-    }
-    let log_format = match raw.log_format.as_deref() {
-        None | Some("text") => LogOutput::Text,
-        Some("json") => LogOutput::Json,
-        Some(other) => {
+    let metrics_address = service::metrics_address(raw.metrics_address).unwrap_or_else(|e| {
+        add("service.metrics_address", e.to_string());
+        None
+    });
+    let log_format =
+        service::log_format(raw.log_format.as_deref()).unwrap_or_else(|UnknownLogFormat(other)| {
             add(
                 "service.log_format",
                 format!("'{other}' is not one of text, json"),
             );
             LogOutput::Text
-        }
-    };
-    let log_level = raw.log_level.unwrap_or_else(|| "info".to_owned());
+        });
+    let log_level = service::log_level(raw.log_level);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
         add(
             "service.log_level",
@@ -889,6 +873,52 @@ mod tests {
             p.iter()
                 .any(|(k, m)| k == "aggregator.ca_file" && m.contains("/nonexistent/ca.pem")),
             "{p:?}"
+        );
+    }
+
+    /// `spool.fsync` takes `interval:` with any duration but zero.
+    #[test]
+    fn spool_fsync_forms() {
+        let spool = |fsync: &str| {
+            let mut problems = Vec::new();
+            let raw = toml::from_str(&format!("fsync = \"{fsync}\"\n")).unwrap();
+            let s = validate_spool(raw, &mut |k: &str, p: String| {
+                problems.push((k.to_owned(), p));
+            });
+            (s.fsync, problems)
+        };
+        for (text, want) in [
+            ("always", FsyncPolicy::Always),
+            ("never", FsyncPolicy::Never),
+            (
+                "interval:1m",
+                FsyncPolicy::Interval(Duration::from_secs(60)),
+            ),
+            ("interval:1s", FsyncPolicy::Interval(Duration::from_secs(1))),
+            (
+                "interval:0.5s",
+                FsyncPolicy::Interval(Duration::from_millis(500)),
+            ),
+        ] {
+            assert_eq!(spool(text), (want, Vec::new()), "{text}");
+        }
+        for bad in ["interval:0s", "interval:soon", "interval:"] {
+            let (fsync, problems) = spool(bad);
+            assert_eq!(fsync, FsyncPolicy::Always);
+            assert_eq!(
+                problems,
+                [(
+                    "spool.fsync".to_owned(),
+                    format!("'{bad}': the interval must be a duration such as \"1s\"")
+                )]
+            );
+        }
+        assert_eq!(
+            spool("sometimes").1,
+            [(
+                "spool.fsync".to_owned(),
+                "'sometimes' is not one of always, never, interval:<duration>".to_owned()
+            )]
         );
     }
 

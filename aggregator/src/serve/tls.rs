@@ -114,20 +114,9 @@ pub fn server_tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, Vec<Proble
                 "{} and {} are not a usable certificate and key: {}",
                 files.cert.display(),
                 files.key.display(),
-                error_chain(&e)
+                flowlog_runtime::error_chain(&e)
             ),
         )]);
     }
     Ok(config)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -1,0 +1,31 @@
+//! `flowlog-runtime`: small helpers shared by the agent and the aggregator.
+//!
+//! Both binaries parse the same kinds of config values, report errors the same way and
+//! retry the same way; each helper lives here once, so that the two cannot drift apart:
+//!
+//! - [`error_chain`]: an error and its causes on one line;
+//! - [`backoff`]: exponential backoff with full jitter ([`Backoff`], [`jitter`]);
+//! - [`parse_size`]: byte sizes (`65536`, `"64MiB"`, `"75MB"`);
+//! - [`parse_duration`]: durations (`"10s"`, `"1m"`, `"200ms"`, `"0.5s"`);
+//! - [`FsyncPolicy`]: `always`, `never` or `interval:<duration>` (the aggregator's WAL and
+//!   the agent's spool);
+//! - [`service`]: the `[service]` keys both binaries have (`log_format` as [`LogOutput`],
+//!   `log_level`, `metrics_address`).
+//!
+//! Everything here is std plus `thiserror` and `humantime`: no I/O, no async runtime.
+
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod duration;
+pub mod error;
+pub mod fsync;
+pub mod service;
+pub mod size;
+
+pub use backoff::{Backoff, jitter};
+pub use duration::{DurationError, parse_duration};
+pub use error::error_chain;
+pub use fsync::{FsyncPolicy, FsyncPolicyError};
+pub use service::{LogOutput, UnknownLogFormat};
+pub use size::{SizeError, parse_size};
