@@ -145,7 +145,7 @@ impl Shipper {
     /// `service.metrics_address` is set, and starts one sender task per endpoint.
     pub fn start(settings: &ShipSettings, metrics: &AgentMetrics) -> Result<Shipper, ShipError> {
         for ep in &settings.endpoints {
-            sender::build_endpoint(settings, ep).map_err(|e| ShipError::Endpoint {
+            settings::build_endpoint(settings, ep).map_err(|e| ShipError::Endpoint {
                 url: ep.url.clone(),
                 problem: flowlog_runtime::error_chain(&e),
             })?;

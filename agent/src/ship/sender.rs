@@ -26,11 +26,11 @@ use flowlog_transport::{AUTHORIZATION, MAX_MESSAGE_BYTES, pb};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use super::Shared;
-use super::settings::{Compression, EndpointSettings, ShipSettings};
+use super::settings::{Compression, ShipSettings};
 use crate::metrics::{AckLabels, EndpointLabels, FailureLabels};
 
 /// Smallest step of the exponential backoff.
@@ -41,31 +41,6 @@ const BACKOFF_DOUBLINGS: u32 = 20;
 const BACKOFF_FLOOR: Duration = Duration::from_millis(10);
 /// How often an idle endpoint task looks for work it was not woken for (delays expiring).
 const TICK: Duration = Duration::from_millis(100);
-
-/// Builds the tonic endpoint of `ep` (TLS material parsed here).
-pub fn build_endpoint(
-    settings: &ShipSettings,
-    ep: &EndpointSettings,
-) -> Result<Endpoint, tonic::transport::Error> {
-    let mut endpoint = Endpoint::from_shared(ep.url.clone())?
-        .connect_timeout(settings.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
-    if ep.tls {
-        let mut tls = ClientTlsConfig::new();
-        tls = match &settings.ca_pem {
-            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
-            None => tls.with_native_roots(),
-        };
-        if let Some((cert, key)) = &settings.client_identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        endpoint = endpoint.tls_config(tls)?;
-    }
-    Ok(endpoint)
-}
 
 /// Exponential backoff with full jitter: a random delay up to `min(cap, 100ms · 2^n)`
 /// (`n` at most 20), and at least 10 ms (or that ceiling, when it is shorter).
@@ -263,7 +238,7 @@ pub(crate) async fn run_endpoint(shared: Arc<Shared>, i: usize, cancel: Cancella
         return;
     };
     let url = ep.url.clone();
-    let endpoint = match build_endpoint(settings, ep) {
+    let endpoint = match super::settings::build_endpoint(settings, ep) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(endpoint = %url, error = %error_chain(&e), "aggregator endpoint unusable");

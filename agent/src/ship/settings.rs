@@ -8,6 +8,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use flowlog_runtime::FsyncPolicyError;
 use flowlog_runtime::service::{self, UnknownLogFormat};
@@ -571,7 +572,7 @@ pub fn validate(
             client_identity: None,
             ..settings.clone()
         };
-        if let Err(e) = super::sender::build_endpoint(&ca_only, ep) {
+        if let Err(e) = build_endpoint(&ca_only, ep) {
             let key = if settings.ca_pem.is_some() {
                 "aggregator.ca_file"
             } else {
@@ -581,7 +582,7 @@ pub fn validate(
             return None;
         }
         if settings.client_identity.is_some()
-            && let Err(e) = super::sender::build_endpoint(&settings, ep)
+            && let Err(e) = build_endpoint(&settings, ep)
         {
             add(
                 "aggregator.client_cert",
@@ -676,6 +677,32 @@ fn validate_service(raw: ServiceConfig, add: &mut dyn FnMut(&str, String)) -> Se
         log_level,
         log_format,
     }
+}
+
+/// Builds the tonic endpoint of `ep` (TLS material parsed here). Validation uses it to
+/// refuse an endpoint at config time that the sender could not build.
+pub fn build_endpoint(
+    settings: &ShipSettings,
+    ep: &EndpointSettings,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from_shared(ep.url.clone())?
+        .connect_timeout(settings.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    if ep.tls {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &settings.ca_pem {
+            Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+            None => tls.with_native_roots(),
+        };
+        if let Some((cert, key)) = &settings.client_identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint)
 }
 
 #[cfg(test)]
