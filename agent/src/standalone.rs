@@ -96,7 +96,7 @@ impl Publisher {
             .map_err(StandaloneError::Runtime)?;
         let cancel = CancellationToken::new();
         let metrics = Metrics::new_with(register);
-        let sink = runtime.block_on(sink::connect(&publish))?;
+        let sink = runtime.block_on(sink::connect(&publish.sink))?;
         telemetry::start_http(
             &runtime,
             publish.service.metrics_address.as_deref(),

@@ -21,6 +21,7 @@ use flowlog_formats::parquet::ParquetOptions;
 use flowlog_runtime::service;
 use serde::Deserialize;
 
+pub use crate::sink::SinkSettings;
 use crate::sink::s3::{ChecksumMode, S3Settings, Sse};
 use crate::telemetry::LogOutput;
 use crate::wal::FsyncPolicy;
@@ -177,41 +178,6 @@ pub struct OutputSettings {
     pub memory_budget: u64,
     /// `max_open_files` was set: it no longer has any effect (a warning at start).
     pub max_open_files_set: bool,
-}
-
-/// `[sink]`.
-#[derive(Debug, Clone)]
-pub enum SinkSettings {
-    /// A local directory.
-    Local {
-        /// The directory `AWSLogs/…` is written under.
-        path: PathBuf,
-        /// Sealed files waiting for upload at most; sealing waits beyond it.
-        max_pending_uploads: usize,
-    },
-    /// An S3 bucket (or S3-compatible store).
-    S3 {
-        /// Client and request options.
-        settings: Box<S3Settings>,
-        /// Sealed files waiting for upload at most; sealing waits beyond it.
-        max_pending_uploads: usize,
-    },
-}
-
-impl SinkSettings {
-    /// Returns the bound on sealed files waiting for upload.
-    pub fn max_pending_uploads(&self) -> usize {
-        match self {
-            SinkSettings::Local {
-                max_pending_uploads,
-                ..
-            }
-            | SinkSettings::S3 {
-                max_pending_uploads,
-                ..
-            } => *max_pending_uploads,
-        }
-    }
 }
 
 /// `[state]`.
@@ -503,14 +469,18 @@ pub const SECTIONS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Checks the files `[listen]` names (certificates, key, tokens file) and returns every
+/// problem, each under its key: `serve::check_listen_files`. The config does not depend on
+/// the server; whoever loads a config for `serve` passes it.
+pub type ListenFilesCheck = fn(&ListenSettings) -> Vec<Problem>;
+
 /// What [`load_with`] checks beyond the text of the file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LoadOptions {
     /// `[listen]` must be present (`serve`).
     pub require_listen: bool,
-    /// Read the files `[listen]` names: certificates and key must parse, the tokens file
-    /// must be valid (`serve`, `check-config`).
-    pub check_files: bool,
+    /// Read the files `[listen]` names with this check (`serve`, `check-config`).
+    pub check_files: Option<ListenFilesCheck>,
     /// Accept sections and keys of other programs (`athena-ddl` reading the agent's
     /// standalone config, which also has `[capture]` and agent keys).
     pub ignore_unknown: bool,
@@ -700,10 +670,8 @@ fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<P
             None
         }
     };
-    if options.check_files
-        && let Some(listen) = &listen
-    {
-        for problem in check_listen_files(listen) {
+    if let (Some(check), Some(listen)) = (options.check_files, &listen) {
+        for problem in check(listen) {
             p.0.push(problem);
         }
     }
@@ -905,26 +873,6 @@ pub const DEFAULT_MAX_RECORD_AHEAD: Duration = Duration::from_secs(600);
 
 /// Default `listen.max_batch_bytes`: 16 MiB.
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 16 << 20;
-
-/// Reads the files `[listen]` names: the certificates and key must parse (and fit
-/// together), the tokens file must be valid. Returns every problem, each under its key.
-pub fn check_listen_files(listen: &ListenSettings) -> Vec<Problem> {
-    let mut out = Vec::new();
-    if let Some(tls) = &listen.tls
-        && let Err(problems) = crate::serve::tls::server_tls_config(tls)
-    {
-        out.extend(problems);
-    }
-    if let Err(e) = crate::serve::auth::TokenTable::load(&listen.tokens_file) {
-        for message in e.problems() {
-            out.push(Problem {
-                key: "listen.tokens_file".into(),
-                message,
-            });
-        }
-    }
-    out
-}
 
 fn required(key: &str, value: Option<String>, p: &mut Problems) -> Option<String> {
     match value {
@@ -1454,7 +1402,7 @@ mod tests {
             "t.toml",
             LoadOptions {
                 require_listen: true,
-                check_files: true,
+                check_files: Some(crate::serve::check_listen_files),
                 ignore_unknown: false,
             },
         )
@@ -1532,7 +1480,7 @@ mod tests {
             "t.toml",
             LoadOptions {
                 require_listen: true,
-                check_files: true,
+                check_files: Some(crate::serve::check_listen_files),
                 ignore_unknown: false,
             },
         )

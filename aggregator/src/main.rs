@@ -196,7 +196,7 @@ fn main() -> ExitCode {
             &args.config,
             LoadOptions {
                 require_listen: false,
-                check_files: true,
+                check_files: Some(serve::check_listen_files),
                 ignore_unknown: false,
             },
         ) {
@@ -309,7 +309,7 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         &args.config,
         LoadOptions {
             require_listen: true,
-            check_files: true,
+            check_files: Some(serve::check_listen_files),
             ignore_unknown: false,
         },
     ) {
@@ -407,7 +407,7 @@ fn import_main(
     let cancel = CancellationToken::new();
     let metrics = Metrics::new();
     let health = telemetry::Health::default();
-    let sink = runtime.block_on(flowlog_aggregator::sink::connect(settings))?;
+    let sink = runtime.block_on(flowlog_aggregator::sink::connect(&settings.sink))?;
     telemetry::start_http(
         &runtime,
         settings.service.metrics_address.as_deref(),

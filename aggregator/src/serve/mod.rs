@@ -97,6 +97,26 @@ pub struct ServeSummary {
     pub published: bool,
 }
 
+/// Reads the files `[listen]` names: the certificates and key must parse (and fit
+/// together), the tokens file must be valid. Returns every problem, each under its key.
+pub fn check_listen_files(listen: &ListenSettings) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if let Some(tls) = &listen.tls
+        && let Err(problems) = tls::server_tls_config(tls)
+    {
+        out.extend(problems);
+    }
+    if let Err(e) = auth::TokenTable::load(&listen.tokens_file) {
+        for message in e.problems() {
+            out.push(Problem {
+                key: "listen.tokens_file".into(),
+                message,
+            });
+        }
+    }
+    out
+}
+
 /// Binds `[listen] address` and runs the server until SIGTERM or SIGINT, then stops taking
 /// calls, lets the calls in progress finish, seals the live streams and uploads, all within
 /// `[service] shutdown_grace` of the signal (what does not make it goes out at the next
@@ -141,7 +161,7 @@ pub fn run_with(
     let cancel = CancellationToken::new();
     let metrics = Metrics::new();
     let health = Health::default();
-    let sink = runtime.block_on(crate::sink::connect(settings))?;
+    let sink = runtime.block_on(crate::sink::connect(&settings.sink))?;
     telemetry::start_http(
         &runtime,
         settings.service.metrics_address.as_deref(),

@@ -35,13 +35,47 @@ pub struct ConnectError {
     pub source: SinkError,
 }
 
-/// Builds the sink of `settings` and runs its startup check (for S3: writes and deletes a
-/// probe object), so that a wrong bucket, region or permission fails at startup.
+/// `[sink]`: where sealed files go.
+#[derive(Debug, Clone)]
+pub enum SinkSettings {
+    /// A local directory.
+    Local {
+        /// The directory `AWSLogs/…` is written under.
+        path: std::path::PathBuf,
+        /// Sealed files waiting for upload at most; sealing waits beyond it.
+        max_pending_uploads: usize,
+    },
+    /// An S3 bucket (or S3-compatible store).
+    S3 {
+        /// Client and request options.
+        settings: Box<s3::S3Settings>,
+        /// Sealed files waiting for upload at most; sealing waits beyond it.
+        max_pending_uploads: usize,
+    },
+}
+
+impl SinkSettings {
+    /// Returns the bound on sealed files waiting for upload.
+    pub fn max_pending_uploads(&self) -> usize {
+        match self {
+            SinkSettings::Local {
+                max_pending_uploads,
+                ..
+            }
+            | SinkSettings::S3 {
+                max_pending_uploads,
+                ..
+            } => *max_pending_uploads,
+        }
+    }
+}
+
+/// Builds the sink `settings` describes and runs its startup check (for S3: writes and
+/// deletes a probe object), so that a wrong bucket, region or permission fails at startup.
 pub async fn connect(
-    settings: &crate::config::Settings,
+    settings: &SinkSettings,
 ) -> Result<std::sync::Arc<dyn ObjectSink>, ConnectError> {
-    use crate::config::SinkSettings;
-    let (configured, built) = match &settings.sink {
+    let (configured, built) = match settings {
         SinkSettings::Local { path, .. } => (
             path.display().to_string(),
             local::LocalDirSink::new(path)
