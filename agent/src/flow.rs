@@ -83,6 +83,30 @@ pub struct InterfaceInfo {
     pub primary_v6: Option<Ipv6Addr>,
 }
 
+/// What identifies a flow among an interface's records of one interval: (direction,
+/// protocol, packet source, packet destination, source port, destination port).
+pub type RecordKey = (
+    Option<FlowDirection>,
+    Option<u8>,
+    Option<IpAddr>,
+    Option<IpAddr>,
+    Option<u16>,
+    Option<u16>,
+);
+
+/// Returns the [`RecordKey`] of a record (capture's fanout merge and the firewall ledger
+/// match records by it).
+pub fn record_key(r: &FlowRecord) -> RecordKey {
+    (
+        r.flow_direction,
+        r.protocol,
+        r.pkt_srcaddr,
+        r.pkt_dstaddr,
+        r.srcport,
+        r.dstport,
+    )
+}
+
 /// Tuning of a [`FlowTable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowTableSettings {

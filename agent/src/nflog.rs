@@ -40,7 +40,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -51,6 +50,7 @@ use serde::Deserialize;
 
 use crate::decode::{LinkType, MAX_WIRE_LEN, PacketMeta, decode_captured_frame};
 use crate::flow::{Direction, FlowTable, FlowTableSettings, InterfaceInfo};
+use crate::flow::{RecordKey, record_key};
 
 /// Bytes of each dropped packet the kernel copies to the agent: enough for the IP header
 /// (with options or IPv6 extension headers) and the transport header; byte counts come
@@ -449,28 +449,6 @@ impl Default for NflogCounters {
 
 /// The process's NFLOG counters (one listener per agent).
 pub static COUNTERS: NflogCounters = NflogCounters::new();
-
-/// (direction, protocol, packet source, packet destination, source port, destination
-/// port): what identifies a flow among an interface's records of one interval.
-type RecordKey = (
-    Option<FlowDirection>,
-    Option<u8>,
-    Option<IpAddr>,
-    Option<IpAddr>,
-    Option<u16>,
-    Option<u16>,
-);
-
-fn record_key(r: &FlowRecord) -> RecordKey {
-    (
-        r.flow_direction,
-        r.protocol,
-        r.pkt_srcaddr,
-        r.pkt_dstaddr,
-        r.srcport,
-        r.dstport,
-    )
-}
 
 /// The firewall drops of one interface, aggregated like capture's packets (a flow table
 /// of their own) and merged into the interface's records when capture releases an

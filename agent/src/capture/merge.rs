@@ -3,34 +3,14 @@
 //! NODATA only if none saw a packet.
 
 use super::*;
-
-/// (direction, protocol, packet source, packet destination, source port, destination port).
-pub(super) type MergeKey = (
-    Option<FlowDirection>,
-    Option<u8>,
-    Option<IpAddr>,
-    Option<IpAddr>,
-    Option<u16>,
-    Option<u16>,
-);
-
-pub(super) fn merge_key(r: &FlowRecord) -> MergeKey {
-    (
-        r.flow_direction,
-        r.protocol,
-        r.pkt_srcaddr,
-        r.pkt_dstaddr,
-        r.srcport,
-        r.dstport,
-    )
-}
+use crate::flow::{RecordKey, record_key};
 
 /// What the members reported for one interval.
 #[derive(Debug, Default)]
 pub(super) struct MergeSlot {
     pub(super) nodata: Option<FlowRecord>,
     pub(super) skipdata: Option<FlowRecord>,
-    pub(super) flows: HashMap<MergeKey, FlowRecord>,
+    pub(super) flows: HashMap<RecordKey, FlowRecord>,
 }
 
 impl MergeSlot {
@@ -42,7 +22,7 @@ impl MergeSlot {
         match r.log_status {
             Some(LogStatus::NoData) => status_row(&mut self.nodata, r),
             Some(LogStatus::SkipData) => status_row(&mut self.skipdata, r),
-            Some(LogStatus::Ok) | None => match self.flows.entry(merge_key(&r)) {
+            Some(LogStatus::Ok) | None => match self.flows.entry(record_key(&r)) {
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(r);
                 }
@@ -80,7 +60,7 @@ impl MergeSlot {
         }
         out.extend(self.skipdata);
         let mut flows: Vec<FlowRecord> = self.flows.into_values().collect();
-        flows.sort_unstable_by_key(|r| (r.start, merge_key(r)));
+        flows.sort_unstable_by_key(|r| (r.start, record_key(r)));
         out.append(&mut flows);
     }
 }
@@ -147,6 +127,7 @@ impl IntervalMerge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flowlog_formats::FlowDirection;
     use std::net::Ipv4Addr;
 
     const T0: u64 = 1_700_000_040; // a multiple of 60

@@ -61,7 +61,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flowlog_formats::FlowRecord;
-use flowlog_formats::record::{Action, FlowDirection, LogStatus, Text};
+use flowlog_formats::record::{Action, LogStatus, Text};
 use pnet_datalink::{Channel, Config, DataLinkReceiver, NetworkInterface};
 
 use crate::capture_config::CaptureSettings;
