@@ -2,11 +2,13 @@
 //! Unknown keys are refused and every problem is listed with its key.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::Path;
 
-use flowlog_formats::key::{hash8, validate_account_id, validate_flow_log_id, validate_region};
+use flowlog_formats::key::{validate_account_id, validate_flow_log_id, validate_region};
 use flowlog_formats::{Action, LogFormat, Text};
+
+pub use crate::interface::{InterfaceSettings, default_interface_id};
 use serde::Deserialize;
 
 /// Which records a flow log keeps (AWS `TrafficType`).
@@ -29,22 +31,6 @@ impl TrafficFilter {
             (TrafficFilter::Reject, Some(a)) => a == Action::Reject,
         }
     }
-}
-
-/// One configured interface.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InterfaceSettings {
-    /// OS name (`eth0`).
-    pub name: String,
-    /// `interface-id` written in records; default `eni-` + 17 hex digits derived from the name.
-    pub interface_id: String,
-    /// MAC address; frames from it are egress (required for replay: a capture file does not
-    /// say which side is the host).
-    pub mac: Option<[u8; 6]>,
-    /// Primary IPv4 address: the first plain IPv4 address listed.
-    pub primary_v4: Option<Ipv4Addr>,
-    /// Primary IPv6 address: the first plain IPv6 address listed.
-    pub primary_v6: Option<Ipv6Addr>,
 }
 
 /// Validated agent settings.
@@ -144,15 +130,6 @@ struct RawInterface {
     vpc_id: Option<String>,
 }
 
-/// Returns the stable default interface id of an interface name.
-pub fn default_interface_id(name: &str) -> String {
-    // 17 hex digits, as in real ENI ids: two 8-digit hashes and one more digit.
-    let a = hash8(format!("interface/{name}").as_bytes());
-    let b = hash8(format!("interface/{name}/2").as_bytes());
-    let c = hash8(format!("interface/{name}/3").as_bytes());
-    format!("eni-{a}{b}{}", c.get(..1).unwrap_or("0"))
-}
-
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<&str> = s.split(':').collect();
     let mut mac = [0u8; 6];
@@ -171,22 +148,47 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 /// Reads and validates an agent config file.
 pub fn load(path: &Path) -> Result<AgentSettings, ConfigError> {
     let shown = path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => crate::metadata::parse_with_discovery(&text, &shown),
-        Err(e) => Err(ConfigError {
-            path: shown,
-            problems: vec![("(file)".into(), format!("cannot read: {e}"))],
-        }),
-    }
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: shown.clone(),
+        problems: vec![("(file)".into(), format!("cannot read: {e}"))],
+    })?;
+    let mut table = parse_toml(&text, &shown)?;
+    // With `[metadata] imds = true`, IMDS is asked first (its failure is a problem of
+    // `metadata.imds`: the agent must not start with half its metadata), and the account
+    // and region it found fill `[flow_log]` where the file leaves them out, so that one
+    // validation sees the final values.
+    let discovery = crate::metadata::discover(&mut table).map_err(|problems| ConfigError {
+        path: shown.clone(),
+        problems: problems
+            .into_iter()
+            .map(|p| ("metadata.imds".to_owned(), p))
+            .collect(),
+    })?;
+    let mut settings = parse_table(table, &shown)?;
+    let AgentSettings {
+        metadata,
+        interfaces,
+        ..
+    } = &mut settings;
+    crate::metadata::complete(metadata, interfaces, discovery);
+    Ok(settings)
 }
 
-/// Validates config text; `path` is used in the error only.
+/// Validates config text (nothing is asked of the host); `path` is used in the error only.
 pub fn parse(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
-    let mut problems: Vec<(String, String)> = Vec::new();
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError {
+    parse_table(parse_toml(text, path)?, path)
+}
+
+fn parse_toml(text: &str, path: &str) -> Result<toml::Table, ConfigError> {
+    text.parse().map_err(|e: toml::de::Error| ConfigError {
         path: path.to_owned(),
         problems: vec![("(syntax)".into(), e.message().to_owned())],
-    })?;
+    })
+}
+
+/// Validates a parsed config table; `path` is used in the error only.
+pub fn parse_table(table: toml::Table, path: &str) -> Result<AgentSettings, ConfigError> {
+    let mut problems: Vec<(String, String)> = Vec::new();
     let (table, ship_sections, mut ship_problems) = split_shipping(table);
     let (agent_table, publish_table) = split_publishing(table);
     let raw: RawConfig =
@@ -518,6 +520,7 @@ fn publish_settings(table: &toml::Table) -> Publish {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     const GOOD: &str = r#"
 [flow_log]

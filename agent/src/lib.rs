@@ -7,6 +7,7 @@ pub mod decode;
 pub mod flow;
 pub mod frames;
 pub mod imds;
+pub mod interface;
 pub mod metadata;
 pub mod metrics;
 pub mod nflog;

@@ -35,8 +35,8 @@ use flowlog_formats::{FlowDirection, FlowRecord, LogStatus, Text};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
-use crate::config::{self, AgentSettings, ConfigError, InterfaceSettings, default_interface_id};
 use crate::imds::{self, Discovery, ImdsSettings, MacSelection};
+use crate::interface::{InterfaceSettings, default_interface_id};
 
 // ---------------------------------------------------------------------------------------
 // Identifier checks
@@ -1268,15 +1268,13 @@ fn as_interface_settings(system: Vec<SystemInterface>) -> Vec<InterfaceSettings>
 
 /// What discovery needs from a config before it is validated.
 struct DiscoveryPlan {
-    table: toml::Table,
     imds: ImdsSettings,
     macs: MacSelection,
 }
 
-/// Returns the plan when the text asks for `[metadata] imds = true` with usable IMDS keys;
-/// `None` otherwise (including when those keys are invalid: validation reports them).
-fn discovery_plan(text: &str) -> Option<DiscoveryPlan> {
-    let table: toml::Table = text.parse().ok()?;
+/// Returns the plan when the config asks for `[metadata] imds = true` with usable IMDS
+/// keys; `None` otherwise (including when those keys are invalid: validation reports them).
+fn discovery_plan(table: &toml::Table) -> Option<DiscoveryPlan> {
     let raw: MetadataConfig = table.get("metadata")?.clone().try_into().ok()?;
     let mut invalid = false;
     let imds = imds_settings(&raw, &mut |_, _| invalid = true)?;
@@ -1308,7 +1306,7 @@ fn discovery_plan(text: &str) -> Option<DiscoveryPlan> {
                 .collect(),
         )
     };
-    Some(DiscoveryPlan { table, imds, macs })
+    Some(DiscoveryPlan { imds, macs })
 }
 
 /// A check of an id's shape.
@@ -1360,40 +1358,24 @@ fn discovery_problems(d: &Discovery, endpoint: &str) -> Vec<String> {
     problems
 }
 
-/// Validates config text like [`config::parse`], then completes it from the host: with
-/// `[metadata] imds = true` it runs IMDSv2 discovery first (its failure is a problem of
-/// `metadata.imds`: the agent must not start with half its metadata), and without
-/// `[[interface]]` it resolves the host's interfaces for the subnet map.
-pub fn parse_with_discovery(text: &str, path: &str) -> Result<AgentSettings, ConfigError> {
-    let Some(plan) = discovery_plan(text) else {
-        let mut settings = config::parse(text, path)?;
-        if settings.interfaces.is_empty() && !settings.metadata.subnets.is_empty() {
-            settings
-                .metadata
-                .bind(&as_interface_settings(system_interfaces()));
-        }
-        return Ok(settings);
-    };
-    let fail = |problems: Vec<String>| ConfigError {
-        path: path.to_owned(),
-        problems: problems
-            .into_iter()
-            .map(|p| ("metadata.imds".to_owned(), p))
-            .collect(),
+/// The first step of loading a config, before validation: with `[metadata] imds = true`
+/// (and usable IMDS keys) asks IMDSv2, checks what it found, and fills `account_id` and
+/// `region` into `[flow_log]` where the config leaves them out. Returns what was found, for
+/// [`complete`] after validation, or the problems (of `metadata.imds`).
+pub(crate) fn discover(table: &mut toml::Table) -> Result<Option<Discovery>, Vec<String>> {
+    let Some(plan) = discovery_plan(table) else {
+        return Ok(None);
     };
     let discovery = imds::discover(&plan.imds, plan.macs).map_err(|e| {
-        fail(vec![format!(
+        vec![format!(
             "instance metadata discovery failed: {}",
             e.with_cause()
-        )])
+        )]
     })?;
     let problems = discovery_problems(&discovery, &plan.imds.endpoint);
     if !problems.is_empty() {
-        return Err(fail(problems));
+        return Err(problems);
     }
-    // Account and region are needed by every part of the config: fill them in where the
-    // file leaves them out, so that one validation sees the final values.
-    let mut table = plan.table;
     let flow_log = table
         .entry("flow_log")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -1407,23 +1389,31 @@ pub fn parse_with_discovery(text: &str, path: &str) -> Result<AgentSettings, Con
                 .or_insert_with(|| toml::Value::String(value.clone()));
         }
     }
-    let completed = toml::to_string(&table).map_err(|e| ConfigError {
-        path: path.to_owned(),
-        problems: vec![("(config)".into(), e.to_string())],
-    })?;
-    let mut settings = config::parse(&completed, path)?;
-    let AgentSettings {
-        metadata,
-        interfaces,
-        ..
-    } = &mut settings;
-    metadata.adopt(discovery, interfaces);
-    Ok(settings)
+    Ok(Some(discovery))
+}
+
+/// The last step of loading a config, after validation: takes in what [`discover`] found,
+/// or, without discovery and without `[[interface]]`, binds the subnet map to the host's
+/// interfaces.
+pub(crate) fn complete(
+    metadata: &mut MetadataSettings,
+    interfaces: &mut Vec<InterfaceSettings>,
+    discovery: Option<Discovery>,
+) {
+    match discovery {
+        Some(discovery) => metadata.adopt(discovery, interfaces),
+        None => {
+            if interfaces.is_empty() && !metadata.subnets.is_empty() {
+                metadata.bind(&as_interface_settings(system_interfaces()));
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{self, AgentSettings};
     use flowlog_formats::Action;
     use proptest::prelude::*;
 
