@@ -405,7 +405,7 @@ fn import_main(
         .enable_all()
         .build()?;
     let cancel = CancellationToken::new();
-    let metrics = Metrics::new();
+    let metrics = Metrics::new_with(|_| {});
     let health = telemetry::Health::default();
     let sink = runtime.block_on(flowlog_aggregator::sink::connect(&settings.sink))?;
     telemetry::start_http(

@@ -310,15 +310,34 @@ where
     metric
 }
 
+/// Like [`registered`], but registers the metric only when `on` (it is counted either way).
+fn registered_if<M>(on: bool, registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: Default + Clone + prometheus_client::registry::Metric,
+{
+    let metric = M::default();
+    if on {
+        registry.register(name, help, metric.clone());
+    }
+    metric
+}
+
 impl Metrics {
-    /// Creates and registers all metrics.
+    /// Creates and registers every metric, the ingest endpoint's (`flowlog_ingest_*`)
+    /// included: what `serve` exports.
     pub fn new() -> Arc<Metrics> {
-        Metrics::new_with(|_| {})
+        Metrics::build(true, |_| {})
     }
 
-    /// Creates and registers all metrics, plus those `extra` registers in the same
-    /// registry (the agent's own, in standalone mode), so one endpoint serves them all.
+    /// Creates and registers the publishing metrics, plus those `extra` registers in the
+    /// same registry (the agent's own, in standalone mode), so one endpoint serves them
+    /// all. Without an ingest endpoint (`import`, the agent's standalone mode) the
+    /// `flowlog_ingest_*` series would only ever be 0, so they are not exported.
     pub fn new_with(extra: impl FnOnce(&mut Registry)) -> Arc<Metrics> {
+        Metrics::build(false, extra)
+    }
+
+    fn build(ingest: bool, extra: impl FnOnce(&mut Registry)) -> Arc<Metrics> {
         let mut registry = Registry::default();
         extra(&mut registry);
 
@@ -411,44 +430,53 @@ impl Metrics {
             })
             .set(1);
 
-        let ingest_batches: Family<IngestLabels, Counter> = registered(
+        let ingest_batches: Family<IngestLabels, Counter> = registered_if(
+            ingest,
             &mut registry,
             "flowlog_ingest_batches",
             "Batches pushed by agents, by result",
         );
-        let ingest_records: Counter = registered(
+        let ingest_records: Counter = registered_if(
+            ingest,
             &mut registry,
             "flowlog_ingest_records",
             "Records of pushed batches written to the WAL",
         );
-        let ingest_dedupe_hits: Counter = registered(
+        let ingest_dedupe_hits: Counter = registered_if(
+            ingest,
             &mut registry,
             "flowlog_ingest_dedupe_hits",
             "Pushed batches the WAL already had (acked without writing)",
         );
-        let ingest_auth_failures: Family<AuthFailureLabels, Counter> = registered(
+        let ingest_auth_failures: Family<AuthFailureLabels, Counter> = registered_if(
+            ingest,
             &mut registry,
             "flowlog_ingest_auth_failures",
             "Push calls refused by authentication, by reason",
         );
         // 0.5 ms … ~16 s.
         let ingest_push_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
-            "flowlog_ingest_push_seconds",
-            "Time from a decoded push to its answer",
-            ingest_push_seconds.clone(),
-        );
-        let ingest_pending_records: Gauge = registered(
+        if ingest {
+            registry.register(
+                "flowlog_ingest_push_seconds",
+                "Time from a decoded push to its answer",
+                ingest_push_seconds.clone(),
+            );
+        }
+        let ingest_pending_records: Gauge = registered_if(
+            ingest,
             &mut registry,
             "flowlog_ingest_pending_records",
             "Records of pushes accepted but not yet in the WAL",
         );
-        let ingest_agents: Gauge = registered(
+        let ingest_agents: Gauge = registered_if(
+            ingest,
             &mut registry,
             "flowlog_ingest_agents",
             "Agents in the dedupe state",
         );
-        let ingest_refused: Family<ReasonLabels, Counter> = registered(
+        let ingest_refused: Family<ReasonLabels, Counter> = registered_if(
+            ingest,
             &mut registry,
             "flowlog_ingest_refused",
             "Connections and push calls refused by a [listen] limit, by reason",
@@ -805,6 +833,18 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
+
+    #[test]
+    fn ingest_series_are_exported_only_by_the_ingest_endpoint() {
+        let serve = Metrics::new().encode();
+        assert!(serve.contains("flowlog_ingest_batches_total{result=\"accepted\"} 0"));
+        assert!(serve.contains("flowlog_ingest_push_seconds_bucket"));
+        let publishing = Metrics::new_with(|_| {});
+        publishing.ingest_records.inc();
+        let text = publishing.encode();
+        assert!(!text.contains("flowlog_ingest_"), "{text}");
+        assert!(text.contains("flowlog_records_in_total 0"), "{text}");
+    }
 
     /// Sends one HTTP/1.1 request and returns (status, headers, body).
     async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
