@@ -137,9 +137,7 @@ trait RecordOutput {
 /// How a source ended, when it did not complete.
 #[derive(Debug)]
 enum SourceError {
-    /// Nothing could be read (capture did not start, the file cannot be opened, ...).
-    Start(String),
-    /// Reading stopped on an error; the message names the input.
+    /// Capture did not start, or reading stopped on an error; the message names the input.
     Failed(String),
     /// SIGINT/SIGTERM during a replay.
     Interrupted,
@@ -155,7 +153,7 @@ fn run_live(
 ) -> Result<bool, SourceError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(64);
     let threads =
-        capture::start(settings, stop, tx).map_err(|e| SourceError::Start(e.to_string()))?;
+        capture::start(settings, stop, tx).map_err(|e| SourceError::Failed(e.to_string()))?;
     metrics.set_capture(threads.stats());
     eprintln!(
         "flowlog-agent: capturing, {}-second intervals, records to {}; SIGINT/SIGTERM (Ctrl-C) \
@@ -262,7 +260,7 @@ fn local_mode(
     match ran {
         Ok(true) => {}
         Ok(false) => status = ExitCode::FAILURE,
-        Err(SourceError::Start(e) | SourceError::Failed(e)) => {
+        Err(SourceError::Failed(e)) => {
             eprintln!("error: {e}");
             status = ExitCode::FAILURE;
         }
@@ -584,7 +582,7 @@ fn ship_replay(
                 }
             }
             match e {
-                SourceError::Start(e) | SourceError::Failed(e) => eprintln!("error: {e}"),
+                SourceError::Failed(e) => eprintln!("error: {e}"),
                 SourceError::Interrupted => {
                     eprintln!("error: {}: interrupted", path.display());
                 }
@@ -686,7 +684,7 @@ fn ship_live(
     match run_live(settings, &mut output, metrics, stop) {
         Ok(true) => {}
         Ok(false) => status = ExitCode::FAILURE,
-        Err(SourceError::Start(e) | SourceError::Failed(e)) => {
+        Err(SourceError::Failed(e)) => {
             eprintln!("error: {e}");
             drop(output);
             let _ = stop_shipper(shipper);

@@ -144,7 +144,6 @@ fn paths(code: &str) -> Vec<(String, Vec<String>)> {
 /// The longest known module that `path` (from `module`) names.
 fn resolve(
     module: &Module,
-    is_mod_file: bool,
     head: &str,
     path: &[String],
     known: &BTreeSet<Module>,
@@ -156,7 +155,6 @@ fn resolve(
         "super" => module[..module.len().saturating_sub(1)].to_vec(),
         _ => module.clone(),
     };
-    let _ = is_mod_file;
     let mut rest = path;
     while rest.first().is_some_and(|s| s == "super") {
         base.pop();
@@ -271,9 +269,8 @@ fn crate_circles(dir: &Path) -> Vec<String> {
     let mut names: BTreeMap<(Module, Module), BTreeSet<String>> = BTreeMap::new();
     for (module, file) in &modules {
         let text = std::fs::read_to_string(file).unwrap();
-        let is_mod_file = file.file_name().is_some_and(|n| n == "mod.rs");
         for (head, path) in paths(&without_comments(without_tests(&text))) {
-            let Some(target) = resolve(module, is_mod_file, &head, &path, &known) else {
+            let Some(target) = resolve(module, &head, &path, &known) else {
                 continue;
             };
             if related(module, &target) {
