@@ -67,7 +67,7 @@ pub struct AgentSettings {
     /// Standalone mode's publishing pipeline: `[output]` file keys, `[sink]`, `[state]`,
     /// `[service]`, as in the aggregator's config (defaults when `[aggregator]` is set).
     #[cfg(feature = "standalone")]
-    pub publish: flowlog_aggregator::config::Settings,
+    pub publish: flowlog_publish::Settings,
 }
 
 /// A config file that cannot be used; lists every problem.
@@ -411,7 +411,7 @@ fn split_shipping(
     (table, Some((Some(aggregator), spool, service)), problems)
 }
 
-/// Sections of the aggregator's publishing pipeline (standalone mode; `[athena]` is read by
+/// Sections of the publishing pipeline (standalone mode; `[athena]` is read by
 /// `flowlog-aggregator athena-ddl`); the agent shares
 /// `flow_log.{id,account_id,region}` and `output.log_format` with them.
 const PUBLISH_SECTIONS: [&str; 4] = ["sink", "state", "service", "athena"];
@@ -468,13 +468,16 @@ fn split_publishing(mut table: toml::Table) -> (toml::Table, toml::Table) {
 /// The publishing pipeline's settings, or the problems of its sections.
 struct Publish {
     #[cfg(feature = "standalone")]
-    settings: Option<flowlog_aggregator::config::Settings>,
+    settings: Option<flowlog_publish::Settings>,
     problems: Vec<(String, String)>,
 }
 
 #[cfg(feature = "standalone")]
 fn publish_settings(table: &toml::Table) -> Publish {
-    match flowlog_aggregator::config::parse_table(table) {
+    // `[athena]` is read by `flowlog-aggregator athena-ddl --config`, which checks it.
+    let mut table = table.clone();
+    table.remove("athena");
+    match flowlog_publish::settings::parse_table(&table) {
         Ok(settings) => Publish {
             settings: Some(settings),
             problems: Vec::new(),
@@ -711,7 +714,7 @@ addresses = ["10.0.0.10", "10.244.1.0/24", "2001:db8:1:1::/64", "2001:db8:1:1::1
         assert!(s.metadata.ip_ranges.is_some());
         assert!(matches!(
             s.publish.sink,
-            flowlog_aggregator::config::SinkSettings::S3 { .. }
+            flowlog_publish::settings::SinkSettings::S3 { .. }
         ));
     }
 

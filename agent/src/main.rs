@@ -373,22 +373,18 @@ fn open_output(
 
 #[cfg(feature = "standalone")]
 fn open_files(settings: &AgentSettings, metrics: &AgentMetrics) -> Result<Output, ExitCode> {
-    use flowlog_aggregator::telemetry;
+    use flowlog_publish::telemetry;
     let service = &settings.publish.service;
     if let Err(e) = telemetry::init_tracing(service.log_format, &service.log_level) {
         eprintln!("error: {e}");
         return Err(ExitCode::from(EX_USAGE));
     }
-    flowlog_agent::standalone::Publisher::start(
-        settings,
-        |registry| metrics.register(registry),
-        telemetry::Health::new(),
-    )
-    .map(|p| Output::Files(Box::new(p)))
-    .map_err(|e| {
-        eprintln!("error: {}", chain(&e));
-        ExitCode::FAILURE
-    })
+    flowlog_agent::standalone::Publisher::start(settings, |registry| metrics.register(registry))
+        .map(|p| Output::Files(Box::new(p)))
+        .map_err(|e| {
+            eprintln!("error: {}", chain(&e));
+            ExitCode::FAILURE
+        })
 }
 
 #[cfg(not(feature = "standalone"))]

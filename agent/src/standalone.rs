@@ -1,48 +1,28 @@
-//! Standalone mode: the aggregator's publishing pipeline runs inside the agent.
+//! Standalone mode: the publishing pipeline (`flowlog-publish`) runs inside the agent.
 //!
 //! ```text
 //! capture / replay ─▶ flow tables ─▶ records ─▶ Publisher::submit ─▶ WAL ─▶ 5-minute windows
 //!   ─▶ text.gz / Parquet files ─▶ local directory (./flowlogs/AWSLogs/…) or S3
 //! ```
 //!
-//! The config's `[output]` file keys, `[sink]`, `[state]` and `[service]` are the
-//! aggregator's (see `docs/configuration.md`). Records are durable once submitted (the
+//! The config's `[output]` file keys, `[sink]`, `[state]` and `[service]` are those of
+//! the aggregator (see `docs/configuration.md`). Records are durable once submitted (the
 //! WAL is fsynced per the `[state]` policy); [`Publisher::finish`] seals the open windows
 //! and waits for their upload, and whatever is still staged is published at the next start.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use flowlog_aggregator::config::Settings;
-use flowlog_aggregator::pipeline::batch::WalBatch;
-use flowlog_aggregator::pipeline::{Pipeline, PipelineError, PipelineStats};
-use flowlog_aggregator::sink::{self, ConnectError, ObjectSink};
-use flowlog_aggregator::telemetry::{self, Health, Metrics, TelemetryError};
 use flowlog_formats::FlowRecord;
+use flowlog_publish::pipeline::batch::WalBatch;
+use flowlog_publish::pipeline::{DEFAULT_MAX_RECORD_AHEAD, PipelineStats, Windows};
+use flowlog_publish::telemetry::Metrics;
+use flowlog_publish::{PublishError, PublisherOptions, Wait};
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentSettings;
 
 /// Records per WAL batch at most when records are handed over one by one (replay).
 pub const BATCH_RECORDS: usize = 16_384;
-
-/// Failure of standalone publishing.
-#[derive(Debug, thiserror::Error)]
-pub enum StandaloneError {
-    /// The async runtime could not be built.
-    #[error("cannot start the runtime")]
-    Runtime(#[source] std::io::Error),
-    /// The sink failed to build or its startup check failed.
-    #[error(transparent)]
-    Sink(#[from] ConnectError),
-    /// The metrics endpoint could not be started.
-    #[error(transparent)]
-    Telemetry(#[from] TelemetryError),
-    /// The pipeline failed (records already submitted stay in the WAL).
-    #[error(transparent)]
-    Pipeline(#[from] PipelineError),
-}
 
 /// What [`Publisher::finish`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +35,12 @@ pub struct PublishSummary {
     pub published: bool,
 }
 
-/// The publishing pipeline of standalone mode.
+/// The publishing pipeline of standalone mode: [`flowlog_publish::Publisher`] with the
+/// agent's identity on every batch and records gathered into batches.
+#[derive(Debug)]
 pub struct Publisher {
-    runtime: tokio::runtime::Runtime,
-    pipeline: Pipeline,
-    cancel: CancellationToken,
-    sink: Arc<dyn ObjectSink>,
-    publish: Settings,
+    inner: flowlog_publish::Publisher,
+    grace: Duration,
     flow_log_id: String,
     account_id: String,
     region: String,
@@ -69,58 +48,32 @@ pub struct Publisher {
     records: u64,
 }
 
-impl std::fmt::Debug for Publisher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("sink", &self.sink.describe())
-            .field("records", &self.records)
-            .finish_non_exhaustive()
-    }
-}
-
 impl Publisher {
     /// Connects the sink (startup check included), starts the metrics endpoint when
     /// `[service].metrics_address` is set (serving the pipeline's metrics and those
-    /// `register` adds), recovers the state directory and starts the pipeline.
+    /// `register` adds), recovers the state directory and starts the pipeline. Windows
+    /// close by the clock.
     pub fn start(
         settings: &AgentSettings,
         register: impl FnOnce(&mut Registry),
-        health: Health,
-    ) -> Result<Publisher, StandaloneError> {
-        let publish = settings.publish.clone();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("publish")
-            .enable_all()
-            .build()
-            .map_err(StandaloneError::Runtime)?;
-        let cancel = CancellationToken::new();
-        let metrics = Metrics::new_with(register);
-        let sink = runtime.block_on(sink::connect(&publish.sink))?;
-        telemetry::start_http(
-            &runtime,
-            publish.service.metrics_address.as_deref(),
-            &metrics,
-            &health,
-            &cancel,
-        )?;
-        let pipeline = Pipeline::start(
-            &publish,
-            Arc::clone(&sink),
-            metrics,
-            health,
-            runtime.handle().clone(),
-            cancel.clone(),
+    ) -> Result<Publisher, PublishError> {
+        let inner = flowlog_publish::Publisher::start(
+            &settings.publish,
+            PublisherOptions {
+                windows: Windows::ByClock {
+                    max_ahead: DEFAULT_MAX_RECORD_AHEAD,
+                },
+                runtime_threads: Some(2),
+                thread_name: "publish",
+                metrics: Metrics::new_with(register),
+            },
         )?;
         Ok(Publisher {
-            runtime,
-            pipeline,
-            cancel,
-            sink,
+            inner,
+            grace: settings.publish.service.shutdown_grace,
             flow_log_id: settings.flow_log_id.clone(),
             account_id: settings.account_id.to_string(),
             region: settings.region.to_string(),
-            publish,
             pending: Vec::new(),
             records: 0,
         })
@@ -128,17 +81,17 @@ impl Publisher {
 
     /// Returns where files go (`file:///…/flowlogs`, `s3://bucket`).
     pub fn describe(&self) -> String {
-        self.sink.describe()
+        self.inner.describe()
     }
 
     /// Submits records (durable in the WAL before the next call returns; blocks while the
     /// pipeline is busy).
-    pub fn submit(&mut self, records: Vec<FlowRecord>) -> Result<(), StandaloneError> {
+    pub fn submit(&mut self, records: Vec<FlowRecord>) -> Result<(), PublishError> {
         if records.is_empty() {
             return Ok(());
         }
         self.records += records.len() as u64;
-        self.pipeline.submit(WalBatch {
+        self.inner.pipeline().submit(WalBatch {
             flow_log_id: self.flow_log_id.clone(),
             account_id: self.account_id.clone(),
             region: self.region.clone(),
@@ -149,9 +102,9 @@ impl Publisher {
     }
 
     /// Adds one record, submitting a batch every [`BATCH_RECORDS`] records.
-    pub fn push(&mut self, record: FlowRecord) -> Result<(), StandaloneError> {
+    pub fn push(&mut self, record: FlowRecord) -> Result<(), PublishError> {
         if self.pending.capacity() == 0 {
-            self.pending = self.pipeline.record_buffer(BATCH_RECORDS);
+            self.pending = self.inner.pipeline().record_buffer(BATCH_RECORDS);
         }
         self.pending.push(record);
         if self.pending.len() >= BATCH_RECORDS {
@@ -161,25 +114,22 @@ impl Publisher {
     }
 
     /// Submits the records added by [`Publisher::push`] so far.
-    pub fn flush(&mut self) -> Result<(), StandaloneError> {
+    pub fn flush(&mut self) -> Result<(), PublishError> {
         let batch = std::mem::take(&mut self.pending);
         self.submit(batch)
     }
 
     /// Seals every live stream, waits up to `grace` (default: `[service].shutdown_grace`) for
     /// the sink to confirm them, and stops the pipeline.
-    pub fn finish(mut self, grace: Option<Duration>) -> Result<PublishSummary, StandaloneError> {
+    pub fn finish(mut self, grace: Option<Duration>) -> Result<PublishSummary, PublishError> {
         self.flush()?;
-        let published = self
-            .pipeline
-            .finish(grace.unwrap_or(self.publish.service.shutdown_grace))?;
-        self.cancel.cancel();
-        let stats = self.pipeline.stop()?;
-        self.runtime.shutdown_timeout(Duration::from_secs(1));
+        let finished = self
+            .inner
+            .finish(Wait::Grace(grace.unwrap_or(self.grace)))?;
         Ok(PublishSummary {
             records: self.records,
-            stats,
-            published,
+            stats: finished.stats,
+            published: finished.published,
         })
     }
 }

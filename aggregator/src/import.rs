@@ -20,10 +20,10 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Settings;
 use crate::convert::{Input, flow_log_stem};
-use crate::pipeline::batch::{ImportMark, WalBatch};
-use crate::pipeline::window::check_publishable;
-use crate::pipeline::{Pipeline, PipelineError};
-use crate::quarantine::{Quarantined, REASON_OUT_OF_RANGE};
+use flowlog_publish::pipeline::batch::{ImportMark, WalBatch};
+use flowlog_publish::pipeline::window::check_publishable;
+use flowlog_publish::pipeline::{Pipeline, PipelineError};
+use flowlog_publish::quarantine::{Quarantined, REASON_OUT_OF_RANGE};
 
 /// Records per WAL entry during an import.
 pub const IMPORT_BATCH_RECORDS: usize = 16_384;
@@ -150,8 +150,8 @@ pub fn import(
             })?;
         let fallback = || {
             (
-                settings.flow_log.account_id.clone(),
-                settings.flow_log.region.clone(),
+                settings.publish.flow_log.account_id.clone(),
+                settings.publish.flow_log.region.clone(),
             )
         };
         let (account_id, region) = match input {
@@ -160,7 +160,7 @@ pub fn import(
         };
         let unit = source.unit();
         let new_batch = |consumed: u64, done: bool| WalBatch {
-            flow_log_id: settings.flow_log.id.clone(),
+            flow_log_id: settings.publish.flow_log.id.clone(),
             account_id: account_id.clone(),
             region: region.clone(),
             import: Some(ImportMark {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -11,13 +11,13 @@ use flowlog_aggregator::config::OutputFormat;
 use flowlog_aggregator::config::{self, LoadOptions, Settings};
 use flowlog_aggregator::convert::{self, ConvertSettings, Input};
 use flowlog_aggregator::import;
-use flowlog_aggregator::pipeline::Pipeline;
 use flowlog_aggregator::serve;
-use flowlog_aggregator::telemetry::{self, Metrics};
 use flowlog_formats::LogFormat;
 use flowlog_formats::parquet::ParquetOptions;
 use flowlog_formats::text::DEFAULT_GZIP_LEVEL;
-use tokio_util::sync::CancellationToken;
+use flowlog_publish::pipeline::Windows;
+use flowlog_publish::telemetry::{self, Metrics};
+use flowlog_publish::{Finished, Publisher, PublisherOptions, Wait};
 
 /// Exit code for invalid usage (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -323,9 +323,10 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         eprintln!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    if let Err(e) =
-        telemetry::init_tracing(settings.service.log_format, &settings.service.log_level)
-    {
+    if let Err(e) = telemetry::init_tracing(
+        settings.publish.service.log_format,
+        &settings.publish.service.log_level,
+    ) {
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
     }
@@ -379,9 +380,10 @@ fn run_import(args: ImportArgs) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    if let Err(e) =
-        telemetry::init_tracing(settings.service.log_format, &settings.service.log_level)
-    {
+    if let Err(e) = telemetry::init_tracing(
+        settings.publish.service.log_format,
+        &settings.publish.service.log_level,
+    ) {
         eprintln!("error: {e}");
         return ExitCode::from(EX_USAGE);
     }
@@ -400,36 +402,22 @@ fn import_main(
     inputs: &[String],
     headerless: Option<&LogFormat>,
 ) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let cancel = CancellationToken::new();
-    let metrics = Metrics::new_with(|_| {});
-    let health = telemetry::Health::default();
-    let sink = runtime.block_on(flowlog_aggregator::sink::connect(&settings.sink))?;
-    telemetry::start_http(
-        &runtime,
-        settings.service.metrics_address.as_deref(),
-        &metrics,
-        &health,
-        &cancel,
+    let started = Instant::now();
+    let publisher = Publisher::start(
+        &settings.publish,
+        PublisherOptions {
+            windows: Windows::ByInput,
+            runtime_threads: Some(2),
+            thread_name: "import",
+            metrics: Metrics::new_with(|_| {}),
+        },
     )?;
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let pipeline = Pipeline::start_import(
-        settings,
-        Arc::clone(&sink),
-        Arc::clone(&metrics),
-        health.clone(),
-        runtime.handle().clone(),
-        cancel.clone(),
-    )?;
     {
         let stop = Arc::clone(&stop);
-        let deadline = pipeline.shutdown_deadline();
-        let grace = settings.service.shutdown_grace;
-        runtime.spawn(async move {
+        let deadline = publisher.pipeline().shutdown_deadline();
+        let grace = settings.publish.service.shutdown_grace;
+        publisher.runtime().spawn(async move {
             telemetry::shutdown_signal().await;
             // From here the whole shutdown (sealing and uploading) has `grace`; what does
             // not make it stays in the state directory for the next run.
@@ -442,16 +430,14 @@ fn import_main(
         });
     }
     let inputs: Vec<Input> = inputs.iter().map(|a| Input::from_arg(a)).collect();
-    let summary = import::import(&pipeline, settings, &inputs, headerless, &stop)?;
-    let published = if summary.interrupted || stop.load(Ordering::Relaxed) {
-        pipeline.finish(settings.service.shutdown_grace)?
+    let summary = import::import(publisher.pipeline(), settings, &inputs, headerless, &stop)?;
+    let wait = if summary.interrupted || stop.load(Ordering::Relaxed) {
+        Wait::Grace(settings.publish.service.shutdown_grace)
     } else {
-        pipeline.seal_all()?;
-        pipeline.wait_published(Duration::from_secs(u64::MAX / 4))?
+        Wait::UntilPublished
     };
-    cancel.cancel();
-    let stats = pipeline.stop()?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    let destination = publisher.describe();
+    let Finished { stats, published } = publisher.finish(wait)?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
         "imported {} records from {} input(s) in {:.1}s ({:.0} records/s); {} already imported, {} records resumed, {} malformed skipped, {} unpublishable quarantined{}",
@@ -467,9 +453,10 @@ fn import_main(
             format!(
                 " (in {})",
                 settings
+                    .publish
                     .state
                     .dir
-                    .join(flowlog_aggregator::quarantine::DIR)
+                    .join(flowlog_publish::quarantine::DIR)
                     .display()
             )
         } else {
@@ -481,7 +468,7 @@ fn import_main(
         stats.files_published,
         stats.records_published,
         stats.bytes_published,
-        sink.describe(),
+        destination,
         if stats.records_replayed > 0 {
             format!(
                 " (including {} records recovered from an earlier run)",
@@ -497,7 +484,7 @@ fn import_main(
     if !published {
         eprintln!(
             "error: some files are still staged in {}; they are uploaded at the next start",
-            settings.state.dir.display()
+            settings.publish.state.dir.display()
         );
         return Ok(ExitCode::FAILURE);
     }

@@ -29,7 +29,7 @@ fn scratch() -> std::path::PathBuf {
 fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut rng = Rng(seed | 1);
     for i in (1..items.len()).rev() {
-        items.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+        items.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
 }
 

@@ -1,6 +1,6 @@
 //! `wal`: the aggregator's WAL recovery scan, through its public API only.
 
-use flowlog_aggregator::wal::{FsyncPolicy, Wal, WalSettings};
+use flowlog_publish::wal::{FsyncPolicy, Wal, WalSettings};
 
 /// Name of the segment the input becomes: the first segment of a WAL (first LSN 1).
 const SEGMENT: &str = "wal-00000000000000000001.seg";

@@ -18,10 +18,10 @@ use flowlog_agent::frames::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_TCP, PRO
 use flowlog_agent::pcap::{DLT_EN10MB, PcapWriter, Resolution};
 use flowlog_agent::ship::settings::{FsyncPolicy, SpoolSettings};
 use flowlog_agent::ship::spool::{Mark, Spool};
-use flowlog_aggregator::wal::{Wal, WalSettings};
 use flowlog_formats::parquet::{ParquetOptions, ParquetWriter};
 use flowlog_formats::text::{GzipTextWriter, TextWriter};
 use flowlog_formats::{FlowRecord, LogFormat};
+use flowlog_publish::wal::{Wal, WalSettings};
 use flowlog_transport::{encode_batch, pb};
 use prost::Message;
 

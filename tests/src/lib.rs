@@ -5,6 +5,7 @@
 //!   [`s3::FlakyProxy`] that simulates an endpoint going down and coming back.
 //! - [`slow_proxy`]: a TCP proxy that adds latency to every request (a slow S3).
 //! - [`pki`]: a throw-away CA with server and client certificates for TLS tests.
+//! - [`records`]: deterministic flow records spread over windows.
 //! - [`published_records`]: every record of every flow log file below a directory.
 //! - [`binaries`]: builds the workspace's executables the end-to-end tests run.
 //!
@@ -12,6 +13,7 @@
 //! by default `target/test-venv`); the integration tests under `tests/` use it too.
 
 pub mod pki;
+pub mod records;
 pub mod s3;
 pub mod slow_proxy;
 

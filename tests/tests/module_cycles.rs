@@ -14,6 +14,7 @@ const CRATES: &[&str] = &[
     "formats",
     "transport",
     "runtime",
+    "publish",
     "aggregator",
     "agent",
     "benches",

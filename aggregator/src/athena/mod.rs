@@ -19,7 +19,7 @@ pub mod tree;
 use std::path::{Path, PathBuf};
 
 use crate::config::Settings;
-use crate::sink::SinkError;
+use flowlog_publish::sink::SinkError;
 
 pub use self::queries::{NamedQuery, QueryName};
 pub use self::table::Table;
@@ -118,21 +118,22 @@ pub async fn generate(settings: &Settings, request: &Request) -> Result<Output, 
         || settings.athena.regions.is_empty()
         || (settings.athena.since.is_none() && !request.no_projection);
     let found = if needs_listing {
-        let tree = tree::Tree::for_sink(&settings.sink).await?;
+        let tree = tree::Tree::for_sink(&settings.publish.sink).await?;
         let mode = if request.partitions {
             tree::Walk::All
         } else {
             tree::Walk::Earliest
         };
-        let base = table::base_key(&settings.output.prefix);
-        tree.partitions(settings.output.layout, &base, mode).await?
+        let base = table::base_key(&settings.publish.output.prefix);
+        tree.partitions(settings.publish.output.layout, &base, mode)
+            .await?
     } else {
         Vec::new()
     };
     if needs_listing && found.is_empty() {
         notes.push(format!(
             "no partitions (layout {}) found in the output yet; the projection uses [flow_log] account_id and region",
-            settings.output.layout
+            settings.publish.output.layout
         ));
     }
     let table = Table::new(settings, request.table.as_deref(), &found);

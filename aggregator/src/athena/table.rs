@@ -6,7 +6,8 @@ use flowlog_formats::{FieldId, LogFormat};
 
 use super::tree::Partition;
 use crate::config::OutputFormat;
-use crate::config::{Settings, SinkSettings};
+use crate::config::Settings;
+use flowlog_publish::settings::SinkSettings;
 
 /// Everything the DDL and the queries are written from.
 #[derive(Debug, Clone)]
@@ -61,12 +62,12 @@ impl Table {
             };
         let accounts = pick(
             &athena.accounts,
-            &settings.flow_log.account_id,
+            &settings.publish.flow_log.account_id,
             &mut found.iter().map(|p| p.account.clone()),
         );
         let regions = pick(
             &athena.regions,
-            &settings.flow_log.region,
+            &settings.publish.flow_log.region,
             &mut found.iter().map(|p| p.region.clone()),
         );
         let since = athena
@@ -77,12 +78,12 @@ impl Table {
             name,
             database: athena.database.clone(),
             table,
-            format: settings.output.format,
-            log_format: settings.output.log_format.clone(),
-            layout: settings.output.layout,
-            root_url: root_url(&settings.sink),
-            base_key: base_key(&settings.output.prefix),
-            prefix: settings.output.prefix.clone(),
+            format: settings.publish.output.format,
+            log_format: settings.publish.output.log_format.clone(),
+            layout: settings.publish.output.layout,
+            root_url: root_url(&settings.publish.sink),
+            base_key: base_key(&settings.publish.output.prefix),
+            prefix: settings.publish.output.prefix.clone(),
             accounts,
             regions,
             since,

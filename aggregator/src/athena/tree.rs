@@ -12,8 +12,8 @@ use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use flowlog_formats::key::{self, KeyLayout};
 
 use super::{AthenaError, ListError};
-use crate::config::SinkSettings;
-use crate::sink::s3::S3Sink;
+use flowlog_publish::settings::SinkSettings;
+use flowlog_publish::sink::s3::S3Sink;
 
 /// One partition: the folder of an account, region, day and (hourly layouts) hour.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

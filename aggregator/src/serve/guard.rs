@@ -39,7 +39,7 @@ use tonic::{Code, Status};
 
 use super::auth::{Authenticator, Grant};
 use super::limits::LogLimiter;
-use crate::telemetry::{
+use flowlog_publish::telemetry::{
     INGEST_BUSY, INGEST_INVALID, Metrics, REFUSED_AGENT_CALLS, REFUSED_BODY_TIMEOUT,
     REFUSED_TOO_LARGE,
 };

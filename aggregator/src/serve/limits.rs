@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::telemetry::{Metrics, REFUSED_CONNECTIONS};
+use flowlog_publish::telemetry::{Metrics, REFUSED_CONNECTIONS};
 
 /// At most one log line per reason in this interval; the others are counted and the count
 /// is added to the next line.
@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(incoming.open_connections(), 0);
         let refused = metrics
             .ingest_refused
-            .get_or_create(&crate::telemetry::ReasonLabels {
+            .get_or_create(&flowlog_publish::telemetry::ReasonLabels {
                 reason: REFUSED_CONNECTIONS,
             })
             .get();

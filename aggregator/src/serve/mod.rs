@@ -39,9 +39,9 @@ use self::guard::{Guard, GuardLimits};
 use self::limits::{CappedIncoming, LogLimiter};
 use self::service::{IngestService, ServiceLimits};
 use crate::config::{ListenSettings, Problem, Settings};
-use crate::pipeline::{Pipeline, PipelineError, PipelineStats};
-use crate::sink::ConnectError;
-use crate::telemetry::{self, Health, Metrics, TelemetryError};
+use flowlog_publish::pipeline::{Pipeline, PipelineError, PipelineStats, Windows};
+use flowlog_publish::telemetry::{self, Metrics};
+use flowlog_publish::{Finished, PublishError, Publisher, PublisherOptions, Wait};
 
 /// Largest header block of a call: read before authentication, so kept small.
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
@@ -61,9 +61,6 @@ pub enum ServeError {
     /// The TLS files cannot be used.
     #[error("{}", .0.iter().map(|p| format!("{}: {}", p.key, p.message)).collect::<Vec<_>>().join("; "))]
     Tls(Vec<Problem>),
-    /// The runtime could not be built.
-    #[error("cannot start the async runtime")]
-    Runtime(#[source] std::io::Error),
     /// The listen address cannot be bound.
     #[error("cannot listen on {address} (listen.address)")]
     Bind {
@@ -73,13 +70,11 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    /// The sink cannot be reached.
+    /// Publishing could not start (runtime, sink, metrics endpoint) or failed (the WAL
+    /// keeps what was acked).
     #[error(transparent)]
-    Sink(#[from] ConnectError),
-    /// The metrics endpoint cannot start.
-    #[error(transparent)]
-    Telemetry(#[from] TelemetryError),
-    /// The pipeline failed (the WAL keeps what was acked).
+    Publish(#[from] PublishError),
+    /// The pipeline failed while serving (the WAL keeps what was acked).
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     /// The gRPC server failed.
@@ -153,48 +148,38 @@ pub fn run_with(
         Some(files) => Some(tls::server_tls_config(files).map_err(ServeError::Tls)?),
         None => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("serve")
-        .build()
-        .map_err(ServeError::Runtime)?;
-    let cancel = CancellationToken::new();
-    let metrics = Metrics::new();
-    let health = Health::default();
-    let sink = runtime.block_on(crate::sink::connect(&settings.sink))?;
-    telemetry::start_http(
-        &runtime,
-        settings.service.metrics_address.as_deref(),
-        &metrics,
-        &health,
-        &cancel,
-    )?;
-    let pipeline = Pipeline::start(
-        settings,
-        sink,
-        Arc::clone(&metrics),
-        health.clone(),
-        runtime.handle().clone(),
-        cancel.clone(),
+    let publisher = Publisher::start(
+        &settings.publish,
+        PublisherOptions {
+            windows: Windows::ByClock {
+                max_ahead: listen.max_record_ahead,
+            },
+            runtime_threads: None,
+            thread_name: "serve",
+            metrics: Metrics::new(),
+        },
     )?;
     let served = serve_until_stopped(
-        &runtime, settings, listen, listener, shutdown, tls, &auth, &pipeline, &metrics,
+        publisher.runtime(),
+        settings,
+        listen,
+        listener,
+        shutdown,
+        tls,
+        &auth,
+        publisher.pipeline(),
+        publisher.metrics(),
     );
     if let Err(e) = &served {
         tracing::error!(error = %e, "the server failed; sealing and stopping");
     }
-    // An error means the pipeline has stopped: `stop` below returns why.
     // Sealing and uploading get what is left of shutdown_grace since the signal.
-    let published = pipeline
-        .finish(settings.service.shutdown_grace)
-        .unwrap_or(false);
-    cancel.cancel();
-    let stats = pipeline.stop()?;
-    runtime.shutdown_timeout(Duration::from_secs(1));
+    let Finished { stats, published } =
+        publisher.finish(Wait::Grace(settings.publish.service.shutdown_grace))?;
     served?;
     if !published {
         tracing::warn!(
-            state = %settings.state.dir.display(),
+            state = %settings.publish.state.dir.display(),
             "some files are still staged; they are uploaded at the next start"
         );
     }
@@ -232,7 +217,7 @@ fn serve_until_stopped(
     let log = Arc::new(LogLimiter::default());
     let service = IngestService::new(
         pipeline.deliverer()?,
-        settings.flow_log.clone(),
+        settings.publish.flow_log.clone(),
         Arc::clone(&pending),
         ServiceLimits {
             max_pending: listen.max_pending_records,
@@ -301,7 +286,7 @@ fn serve_until_stopped(
         "listening"
     );
 
-    let grace = settings.service.shutdown_grace;
+    let grace = settings.publish.service.shutdown_grace;
     let deadline = pipeline.shutdown_deadline();
     runtime.block_on(async {
         let mut check = tokio::time::interval(Duration::from_secs(1));

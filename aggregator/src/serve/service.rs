@@ -20,12 +20,14 @@ use tonic::{Request, Response, Status};
 use super::auth::{AuthFailure, Grant, validate_agent_id};
 use super::guard::{Caller, Deadline};
 use super::limits::LogLimiter;
-use crate::config::FlowLogSettings;
-use crate::pipeline::batch::{DeliveryMark, WalBatch};
-use crate::pipeline::window::check_publishable;
-use crate::pipeline::{Deliverer, Delivery};
-use crate::quarantine::{Quarantine, Quarantined, REASON_OUT_OF_RANGE, REASON_TIME_WINDOW};
-use crate::telemetry::{
+use flowlog_publish::pipeline::batch::{DeliveryMark, WalBatch};
+use flowlog_publish::pipeline::window::check_publishable;
+use flowlog_publish::pipeline::{Deliverer, Delivery};
+use flowlog_publish::quarantine::{
+    Quarantine, Quarantined, REASON_OUT_OF_RANGE, REASON_TIME_WINDOW,
+};
+use flowlog_publish::settings::FlowLogSettings;
+use flowlog_publish::telemetry::{
     INGEST_ACCEPTED, INGEST_BUSY, INGEST_DUPLICATE, INGEST_FAILED, INGEST_INVALID, Metrics,
     REFUSED_IDENTITY,
 };
@@ -159,7 +161,7 @@ impl IngestService {
         &self,
         records: &[FlowRecord],
     ) -> Vec<(usize, &'static str, String, &'static str)> {
-        let now = crate::pipeline::unix_now();
+        let now = flowlog_publish::pipeline::unix_now();
         let age = self.limits.max_record_age.as_secs();
         let ahead = self.limits.max_record_ahead.as_secs();
         let oldest = now.saturating_sub(age);

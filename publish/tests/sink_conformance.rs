@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::types::{Permission, ServerSideEncryption, StorageClass, Type};
-use flowlog_aggregator::sink::local::LocalDirSink;
-use flowlog_aggregator::sink::s3::{ChecksumMode, S3Settings, S3Sink, Sse};
-use flowlog_aggregator::sink::{
+use flowlog_publish::sink::local::LocalDirSink;
+use flowlog_publish::sink::s3::{ChecksumMode, S3Settings, S3Sink, Sse};
+use flowlog_publish::sink::{
     Backoff, ObjectSink, PutOutcome, SinkError, SinkErrorKind, put_with_retry,
 };
 use flowlog_tests::s3::{CannedHttpServer, CannedResponse, FlakyProxy, S3TestServer};

@@ -30,8 +30,8 @@ use flowlog_formats::{FlowRecord, LogFormat};
 
 use super::sealed::{SealReason, SealedFile, StageError, io_err};
 use super::window::StreamKey;
-use crate::config::OutputFormat;
 use crate::file_modes;
+use crate::settings::OutputFormat;
 
 /// Encoded bytes an open file buffers before they are appended to its file on disk.
 pub const SPILL_BYTES: usize = 128 * 1024;

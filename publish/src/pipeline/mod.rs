@@ -50,10 +50,10 @@ use self::window::{
     StreamKey, check_publishable, publishable_window_end, record_account, record_region,
     record_time,
 };
-use crate::config::Settings;
 use crate::quarantine::{
     Quarantine, QuarantineError, Quarantined, REASON_OUT_OF_RANGE, REASON_TIME_WINDOW,
 };
+use crate::settings::Settings;
 use crate::sink::{Backoff, ObjectSink, SinkError, put_with_retry};
 use crate::telemetry::{Health, Metrics};
 use crate::wal::{Wal, WalError, WalSettings};
@@ -314,11 +314,30 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// How a pipeline closes the windows of its streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Windows {
+    /// By the clock: a window closes at its end plus `[output] grace` (`serve`, the agent).
+    /// Records further than `max_ahead` ahead of the clock would hold a window open for
+    /// years: they are quarantined (`serve`: `[listen] max_record_ahead`).
+    ByClock {
+        /// How far ahead of the clock a record may end.
+        max_ahead: Duration,
+    },
+    /// By the input (`import`): a stream is sealed when the input is done, at the size cap,
+    /// or when memory or the WAL run over their limits.
+    ByInput,
+}
+
+/// Default of how far ahead of the clock a record may end (`[listen] max_record_ahead`).
+pub const DEFAULT_MAX_RECORD_AHEAD: Duration = Duration::from_secs(600);
+
 impl Pipeline {
     /// Recovers the state directory (re-queues unconfirmed files, replays the WAL) and starts
-    /// the pipeline thread, closing windows by the clock (serve, the agent). Uploads run on
-    /// `runtime` until `cancel` fires; a permanent sink error marks `health` unhealthy until
-    /// an upload succeeds again.
+    /// the pipeline thread, closing windows by the clock (the agent) and quarantining records
+    /// more than [`DEFAULT_MAX_RECORD_AHEAD`] ahead of it. Uploads run on `runtime` until
+    /// `cancel` fires; a permanent sink error marks `health` unhealthy until an upload
+    /// succeeds again.
     pub fn start(
         settings: &Settings,
         sink: Arc<dyn ObjectSink>,
@@ -327,7 +346,10 @@ impl Pipeline {
         runtime: tokio::runtime::Handle,
         cancel: CancellationToken,
     ) -> Result<Pipeline, PipelineError> {
-        Pipeline::start_with(settings, sink, metrics, health, runtime, cancel, true)
+        let windows = Windows::ByClock {
+            max_ahead: DEFAULT_MAX_RECORD_AHEAD,
+        };
+        Pipeline::start_with(settings, windows, sink, metrics, health, runtime, cancel)
     }
 
     /// Like [`Pipeline::start`] for historical input (`import`): windows are not closed by
@@ -341,18 +363,28 @@ impl Pipeline {
         runtime: tokio::runtime::Handle,
         cancel: CancellationToken,
     ) -> Result<Pipeline, PipelineError> {
-        Pipeline::start_with(settings, sink, metrics, health, runtime, cancel, false)
+        Pipeline::start_with(
+            settings,
+            Windows::ByInput,
+            sink,
+            metrics,
+            health,
+            runtime,
+            cancel,
+        )
     }
 
-    fn start_with(
+    /// Starts the pipeline closing windows as `windows` says (see [`Pipeline::start`]).
+    pub fn start_with(
         settings: &Settings,
+        windows: Windows,
         sink: Arc<dyn ObjectSink>,
         metrics: Arc<Metrics>,
         health: Health,
         runtime: tokio::runtime::Handle,
         cancel: CancellationToken,
-        close_by_clock: bool,
     ) -> Result<Pipeline, PipelineError> {
+        let close_by_clock = matches!(windows, Windows::ByClock { .. });
         if settings.output.max_open_files_set {
             tracing::warn!(
                 "output.max_open_files has no effect any more: files are written per stream, \
@@ -415,15 +447,10 @@ impl Pipeline {
         ));
         // Records further ahead of the clock than serve accepts would hold a window open
         // for years: by clock, they are quarantined (a WAL of an older version may hold some).
-        let max_ahead_secs = close_by_clock.then(|| {
-            settings
-                .listen
-                .as_ref()
-                .map_or(crate::config::DEFAULT_MAX_RECORD_AHEAD, |l| {
-                    l.max_record_ahead
-                })
-                .as_secs()
-        });
+        let max_ahead_secs = match windows {
+            Windows::ByClock { max_ahead } => Some(max_ahead.as_secs()),
+            Windows::ByInput => None,
+        };
         let mut core = Core {
             wal,
             stager,
@@ -1256,7 +1283,7 @@ mod tests {
                 self.out().display(),
                 self.state().display()
             );
-            let mut s = crate::config::parse(&text, "test.toml").unwrap();
+            let mut s = crate::settings::parse(&text).unwrap();
             // Tiny segments: every batch rotates, so publishing reclaims segments.
             s.state.wal_segment_bytes = 2048;
             s

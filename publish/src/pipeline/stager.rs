@@ -35,8 +35,8 @@ use super::encoder::{Done, EncodeSettings, Encoders, Job, PARQUET_FILE_BUFFER, S
 use super::sealed::io_err;
 pub use super::sealed::{SealReason, SealedFile, StageError};
 use super::window::StreamKey;
-use crate::config::OutputFormat;
 use crate::file_modes;
+use crate::settings::OutputFormat;
 
 /// Records a stream gathers before they are handed to its encoder.
 pub const CHUNK_RECORDS: usize = 4096;

@@ -3,28 +3,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{A_ACCOUNT, records};
-use flowlog_aggregator::config;
-use flowlog_aggregator::pipeline::Pipeline;
-use flowlog_aggregator::pipeline::batch::WalBatch;
-use flowlog_aggregator::sink::local::LocalDirSink;
-use flowlog_aggregator::sink::{ObjectSink, PutOutcome, SinkError};
-use flowlog_aggregator::telemetry::{Health, Metrics};
+use flowlog_publish::pipeline::Pipeline;
+use flowlog_publish::pipeline::batch::WalBatch;
+use flowlog_publish::settings;
+use flowlog_publish::sink::local::LocalDirSink;
+use flowlog_publish::sink::{ObjectSink, PutOutcome, SinkError};
+use flowlog_publish::telemetry::{Health, Metrics};
+use flowlog_tests::records::{A_ACCOUNT, records};
 use tokio_util::sync::CancellationToken;
 
-fn settings(dir: &Path) -> config::Settings {
+fn settings(dir: &Path) -> settings::Settings {
     let text = format!(
         "[flow_log]\nid = \"fl-1\"\naccount_id = \"{A_ACCOUNT}\"\nregion = \"us-east-1\"\n[sink]\npath = \"{}\"\n[state]\ndir = \"{}\"\n",
         dir.join("out").display(),
         dir.join("state").display()
     );
-    config::parse(&text, "test.toml").unwrap()
+    settings::parse(&text).unwrap()
 }
 
 fn batch(n: usize, windows: u64) -> WalBatch {
