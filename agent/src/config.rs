@@ -399,13 +399,11 @@ fn split_shipping(
         }
     }
     if let Some(toml::Value::Table(output)) = table.get_mut("output") {
-        for key in PUBLISH_OUTPUT_KEYS {
-            if output.remove(key).is_some() {
-                problems.push((
-                    format!("output.{key}"),
-                    standalone_only(&format!("output.{key}")),
-                ));
-            }
+        for (key, _) in take_file_keys(output) {
+            problems.push((
+                format!("output.{key}"),
+                standalone_only(&format!("output.{key}")),
+            ));
         }
     }
     (table, Some((Some(aggregator), spool, service)), problems)
@@ -416,21 +414,31 @@ fn split_shipping(
 /// `flow_log.{id,account_id,region}` and `output.log_format` with them.
 const PUBLISH_SECTIONS: [&str; 4] = ["sink", "state", "service", "athena"];
 
-/// `[output]` keys of the publishing pipeline only.
-const PUBLISH_OUTPUT_KEYS: [&str; 12] = [
-    "format",
-    "layout",
-    "prefix",
-    "max_file_bytes",
-    "window",
-    "grace",
-    "gzip_level",
-    "parquet_dictionary",
-    "parquet_row_group_rows",
-    "workers",
-    "memory_budget",
-    "max_open_files",
-];
+/// Whether `[output] key` is a file key of the publishing pipeline (not the agent's
+/// `log_format`): asked of the pipeline's own settings struct.
+#[cfg(feature = "standalone")]
+fn is_file_key(key: &str, value: &toml::Value) -> bool {
+    key != "log_format" && flowlog_publish::settings::is_publishing_key("output", key, value)
+}
+
+/// Without standalone output every `[output]` key but `log_format` is one this build cannot
+/// use, and is reported as such.
+#[cfg(not(feature = "standalone"))]
+fn is_file_key(key: &str, _value: &toml::Value) -> bool {
+    key != "log_format"
+}
+
+/// Takes the publishing pipeline's file keys out of the agent's `[output]`.
+fn take_file_keys(output: &mut toml::Table) -> toml::Table {
+    let keys: Vec<String> = output
+        .iter()
+        .filter(|(k, v)| is_file_key(k, v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    keys.into_iter()
+        .filter_map(|k| output.remove(&k).map(|v| (k, v)))
+        .collect()
+}
 
 /// Splits a config into the agent's own keys and the publishing pipeline's: `[sink]`,
 /// `[state]`, `[service]`, the file keys of `[output]`, plus copies of the shared keys.
@@ -443,11 +451,7 @@ fn split_publishing(mut table: toml::Table) -> (toml::Table, toml::Table) {
     }
     let mut output = toml::Table::new();
     if let Some(toml::Value::Table(agent_output)) = table.get_mut("output") {
-        for key in PUBLISH_OUTPUT_KEYS {
-            if let Some(v) = agent_output.remove(key) {
-                output.insert(key.to_owned(), v);
-            }
-        }
+        output = take_file_keys(agent_output);
         if let Some(v) = agent_output.get("log_format") {
             output.insert("log_format".to_owned(), v.clone());
         }

@@ -129,7 +129,6 @@ impl fmt::Display for ConfigError {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawListen {
     address: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -151,7 +150,6 @@ struct RawListen {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct RawAthena {
     table: Option<String>,
     database: Option<String>,
@@ -160,36 +158,10 @@ struct RawAthena {
     since: Option<String>,
 }
 
-/// The aggregator's own sections and their keys (the publishing ones are
-/// [`flowlog_publish::settings::SECTIONS`]).
-pub const OWN_SECTIONS: &[(&str, &[&str])] = &[
-    (
-        "listen",
-        &[
-            "address",
-            "tls_cert",
-            "tls_key",
-            "client_ca",
-            "tokens_file",
-            "insecure",
-            "max_batch_bytes",
-            "max_pending_records",
-            "max_concurrent_pushes",
-            "push_timeout",
-            "max_batch_records",
-            "body_timeout",
-            "max_connections",
-            "max_calls_per_connection",
-            "max_calls_per_agent",
-            "max_record_age",
-            "max_record_ahead",
-        ],
-    ),
-    (
-        "athena",
-        &["table", "database", "accounts", "regions", "since"],
-    ),
-];
+/// The aggregator's own sections (the publishing ones are
+/// [`flowlog_publish::settings::SECTIONS`]); their keys are the fields of `RawListen` and
+/// `RawAthena`.
+pub const OWN_SECTIONS: [&str; 2] = ["listen", "athena"];
 
 /// Checks the files `[listen]` names (certificates, key, tokens file) and returns every
 /// problem, each under its key: `serve::check_listen_files`. The config does not depend on
@@ -249,30 +221,18 @@ pub fn parse_with(text: &str, path: &str, options: LoadOptions) -> Result<Settin
     validate(&table, options).map_err(fail)
 }
 
-/// Every section this file may hold: the publishing pipeline's and the aggregator's own.
-fn all_sections() -> impl Iterator<Item = &'static (&'static str, &'static [&'static str])> + Clone
-{
-    publish::SECTIONS.iter().chain(OWN_SECTIONS)
-}
-
 fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<Problem>> {
-    let mut p = Problems::default();
-
-    if !options.ignore_unknown {
-        publish::check_keys(table, all_sections(), &mut p);
-    }
-    let own = |name: &str| {
-        let keys = OWN_SECTIONS
-            .iter()
-            .find(|(s, _)| *s == name)
-            .map_or(&[][..], |(_, k)| *k);
-        publish::known_only(table, name, keys)
-    };
+    let mut p = Problems::new(options.ignore_unknown);
+    publish::check_sections(
+        table,
+        publish::SECTIONS.into_iter().chain(OWN_SECTIONS),
+        &mut p,
+    );
     let publishing = publish::validate_sections(table, &mut p);
-    let athena: RawAthena = section(&own("athena"), "athena", &mut p);
+    let athena: RawAthena = section(table, "athena", &mut p);
     let listen: Option<RawListen> = table
         .contains_key("listen")
-        .then(|| section(&own("listen"), "listen", &mut p));
+        .then(|| section(table, "listen", &mut p));
     let athena = validate_athena(athena, &mut p);
     let listen = match listen {
         Some(raw) => validate_listen(raw, &mut p),
@@ -287,18 +247,16 @@ fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<P
         }
     };
     if let (Some(check), Some(listen)) = (options.check_files, &listen) {
-        for problem in check(listen) {
-            p.0.push(problem);
-        }
+        p.extend(check(listen));
     }
 
     match publishing {
-        Some(publish) if p.0.is_empty() => Ok(Settings {
+        Some(publish) if p.is_empty() => Ok(Settings {
             publish,
             listen,
             athena,
         }),
-        _ => Err(p.0),
+        _ => Err(p.into_vec()),
     }
 }
 

@@ -17,7 +17,6 @@ pub struct FlowLogSettings {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawFlowLog {
     id: Option<String>,
     account_id: Option<String>,

@@ -82,74 +82,10 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// The publishing sections and their keys; anything else is refused. Programs that embed
-/// these sections in a config of their own use it to split their file.
-pub const SECTIONS: &[(&str, &[&str])] = &[
-    ("flow_log", &["id", "account_id", "region"]),
-    (
-        "output",
-        &[
-            "format",
-            "log_format",
-            "layout",
-            "prefix",
-            "max_file_bytes",
-            "window",
-            "grace",
-            "gzip_level",
-            "parquet_dictionary",
-            "parquet_row_group_rows",
-            "workers",
-            "memory_budget",
-            "max_open_files",
-        ],
-    ),
-    (
-        "sink",
-        &[
-            "type",
-            "path",
-            "max_pending_uploads",
-            "bucket",
-            "region",
-            "endpoint_url",
-            "force_path_style",
-            "role_arn",
-            "external_id",
-            "role_session_name",
-            "sse",
-            "kms_key_id",
-            "bucket_key_enabled",
-            "acl",
-            "storage_class",
-            "checksum",
-            "multipart_threshold",
-            "part_size",
-            "upload_concurrency",
-            "if_none_match",
-        ],
-    ),
-    (
-        "state",
-        &[
-            "dir",
-            "fsync",
-            "wal_segment_bytes",
-            "writer_id",
-            "max_wal_bytes",
-            "max_quarantine_bytes",
-        ],
-    ),
-    (
-        "service",
-        &[
-            "shutdown_grace",
-            "metrics_address",
-            "log_format",
-            "log_level",
-        ],
-    ),
-];
+/// The publishing sections. Their keys are the fields of each section's settings struct:
+/// a key the struct does not have is reported as unknown ([`section`]), and
+/// [`is_publishing_key`] tells programs that embed these sections which keys are theirs.
+pub const SECTIONS: [&str; 5] = ["flow_log", "output", "sink", "state", "service"];
 
 /// Returns a key as it is written in TOML: bare if it can be, else quoted, so that a
 /// problem names even an empty or odd key (`[""]` is the section `""`).
@@ -167,37 +103,165 @@ pub fn toml_key(key: &str) -> String {
 
 /// Collects problems while validating.
 #[derive(Debug, Default)]
-pub struct Problems(pub Vec<Problem>);
+pub struct Problems {
+    found: Vec<Problem>,
+    ignore_unknown: bool,
+}
 
 impl Problems {
+    /// Collects problems; with `ignore_unknown`, unknown sections and keys are passed over
+    /// (a program reading the sections it needs from another program's file).
+    pub fn new(ignore_unknown: bool) -> Problems {
+        Problems {
+            found: Vec::new(),
+            ignore_unknown,
+        }
+    }
+
+    /// Records a problem under `key`.
     pub fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
+        self.found.push(Problem {
             key: key.into(),
             message: message.into(),
         });
+    }
+
+    /// Records problems found elsewhere (checks of the files a config names).
+    pub fn extend(&mut self, problems: impl IntoIterator<Item = Problem>) {
+        self.found.extend(problems);
+    }
+
+    /// Records an unknown section or key, unless those are ignored.
+    pub fn unknown(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        if !self.ignore_unknown {
+            self.add(key, message);
+        }
     }
 
     /// Runs `check` and records its error under `key`; returns the value if valid.
     pub fn check<T, E: fmt::Display>(&mut self, key: &str, result: Result<T, E>) -> Option<T> {
         result.map_err(|e| self.add(key, e.to_string())).ok()
     }
+
+    /// True when nothing was found.
+    pub fn is_empty(&self) -> bool {
+        self.found.is_empty()
+    }
+
+    /// Every problem found, in the order found.
+    pub fn into_vec(self) -> Vec<Problem> {
+        self.found
+    }
 }
 
-pub fn section<T: for<'de> Deserialize<'de> + Default>(
+/// Deserializes section `name` of `table` into its settings struct `T`. A key `T` has no
+/// field for is an unknown key, a section that is not a table or a value of the wrong type
+/// is a problem under its key; `T::default()` stands in for a section that cannot be read.
+pub fn section<T: serde::de::DeserializeOwned + Default>(
     table: &toml::Table,
     name: &str,
     problems: &mut Problems,
 ) -> T {
-    match table.get(name) {
-        None => T::default(),
-        Some(value) => match value.clone().try_into::<T>() {
-            Ok(v) => v,
-            Err(e) => {
-                problems.add(name, e.message().to_owned());
-                T::default()
-            }
-        },
+    let Some(value) = table.get(name) else {
+        return T::default();
+    };
+    if !value.is_table() {
+        problems.add(name, "must be a table ([section])");
+        return T::default();
     }
+    let mut unknown = Vec::new();
+    let result = serde_ignored::deserialize(value.clone(), |path| unknown.push(dotted(&path)));
+    if result.is_err()
+        && let Some(keys) = value.as_table()
+    {
+        // The walk stopped at the bad value: ask key by key, so that every unknown key is
+        // still reported.
+        unknown.clear();
+        for (key, v) in keys {
+            let mut one = toml::Table::new();
+            one.insert(key.clone(), v.clone());
+            let _: Result<T, _> = serde_ignored::deserialize(toml::Value::Table(one), |path| {
+                unknown.push(dotted(&path));
+            });
+        }
+    }
+    for key in unknown {
+        problems.unknown(format!("{name}.{key}"), "unknown key");
+    }
+    match result {
+        Ok(v) => v,
+        Err(e) => {
+            problems.add(name, e.message().to_owned());
+            T::default()
+        }
+    }
+}
+
+/// A key path as written in TOML (`"a b".c`), each part quoted when it must be.
+fn dotted(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Map { parent, key } => match dotted(parent) {
+            p if p.is_empty() => toml_key(key),
+            p => format!("{p}.{}", toml_key(key)),
+        },
+        Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => dotted(parent),
+    }
+}
+
+/// Adds an "unknown section" problem for every top-level name of `table` not in `known`.
+pub fn check_sections<'a>(
+    table: &toml::Table,
+    known: impl Iterator<Item = &'a str> + Clone,
+    p: &mut Problems,
+) {
+    for name in table.keys() {
+        if !known.clone().any(|s| s == name) {
+            p.unknown(
+                toml_key(name),
+                format!(
+                    "unknown section; expected one of {}",
+                    known.clone().collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// Whether `key` (with its `value`) belongs to publishing section `section`: asked of the
+/// section's settings struct, so no key list is kept by hand. The agent splits its
+/// `[output]` with it.
+pub fn is_publishing_key(section: &str, key: &str, value: &toml::Value) -> bool {
+    let mut one = toml::Table::new();
+    one.insert(key.to_owned(), value.clone());
+    let mut wrapped = toml::Table::new();
+    wrapped.insert(section.to_owned(), toml::Value::Table(one));
+    let mut p = Problems::default();
+    match section {
+        "flow_log" => {
+            let _: flow_log::RawFlowLog = self::section(&wrapped, section, &mut p);
+        }
+        "output" => {
+            let _: output::RawOutput = self::section(&wrapped, section, &mut p);
+        }
+        "sink" => {
+            let _: sink::RawSink = self::section(&wrapped, section, &mut p);
+        }
+        "state" => {
+            let _: state::RawState = self::section(&wrapped, section, &mut p);
+        }
+        "service" => {
+            let _: service::RawService = self::section(&wrapped, section, &mut p);
+        }
+        _ => return false,
+    }
+    !p.found
+        .iter()
+        .any(|problem| problem.message == "unknown key")
 }
 
 pub fn duration(
@@ -241,60 +305,27 @@ pub fn parse(text: &str) -> Result<Settings, Vec<Problem>> {
     parse_table(&table)
 }
 
-/// Adds a problem for every section of `table` not in `sections`, every key a section does
-/// not have, and every section that is not a table.
-pub fn check_keys<'a>(
-    table: &toml::Table,
-    sections: impl Iterator<Item = &'a (&'static str, &'static [&'static str])> + Clone,
-    p: &mut Problems,
-) {
-    for (name, value) in table {
-        match sections.clone().find(|(s, _)| s == name) {
-            None => p.add(
-                toml_key(name),
-                format!(
-                    "unknown section; expected one of {}",
-                    sections
-                        .clone()
-                        .map(|(s, _)| *s)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
-            Some((_, keys)) => match value.as_table() {
-                None => p.add(name.as_str(), "must be a table ([section])"),
-                Some(t) => {
-                    for key in t.keys().filter(|k| !keys.contains(&k.as_str())) {
-                        p.add(format!("{name}.{}", toml_key(key)), "unknown key");
-                    }
-                }
-            },
-        }
-    }
-}
-
 /// Validates a parsed config table that holds the publishing sections only (the agent
 /// splits its file into its own sections and these); unknown sections and keys are
 /// problems too. Returns every problem otherwise.
 pub fn parse_table(table: &toml::Table) -> Result<Settings, Vec<Problem>> {
     let mut p = Problems::default();
-    check_keys(table, SECTIONS.iter(), &mut p);
+    check_sections(table, SECTIONS.into_iter(), &mut p);
     let settings = validate_sections(table, &mut p);
     match settings {
-        Some(s) if p.0.is_empty() => Ok(s),
-        _ => Err(p.0),
+        Some(s) if p.is_empty() => Ok(s),
+        _ => Err(p.into_vec()),
     }
 }
 
-/// Validates the publishing sections of `table` into `p`; `None` when a section without a
-/// usable default is invalid (its problems are in `p`).
+/// Validates the publishing sections of `table` into `p` (other sections are the caller's);
+/// `None` when a section without a usable default is invalid (its problems are in `p`).
 pub fn validate_sections(table: &toml::Table, p: &mut Problems) -> Option<Settings> {
-    let own = |name: &str| known_only(table, name, section_keys(name).unwrap_or(&[]));
-    let flow: flow_log::RawFlowLog = section(&own("flow_log"), "flow_log", p);
-    let out: output::RawOutput = section(&own("output"), "output", p);
-    let raw_sink: sink::RawSink = section(&own("sink"), "sink", p);
-    let raw_state: state::RawState = section(&own("state"), "state", p);
-    let raw_service: service::RawService = section(&own("service"), "service", p);
+    let flow: flow_log::RawFlowLog = section(table, "flow_log", p);
+    let out: output::RawOutput = section(table, "output", p);
+    let raw_sink: sink::RawSink = section(table, "sink", p);
+    let raw_state: state::RawState = section(table, "state", p);
+    let raw_service: service::RawService = section(table, "service", p);
     let flow_log = flow_log::validate_flow_log(flow, p);
     let output = output::validate_output(out, p);
     let sink = sink::validate_sink(raw_sink, &output, p);
@@ -309,21 +340,64 @@ pub fn validate_sections(table: &toml::Table, p: &mut Problems) -> Option<Settin
     })
 }
 
-/// The keys of [`SECTIONS`] a section `name` may hold.
-pub fn section_keys(name: &str) -> Option<&'static [&'static str]> {
-    SECTIONS.iter().find(|(s, _)| *s == name).map(|(_, k)| *k)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A table holding only section `name` of `table`, with only the given keys (unknown ones
-/// are reported once, by the caller's check of the whole file).
-pub fn known_only(table: &toml::Table, name: &str, keys: &[&str]) -> toml::Table {
-    let mut t = toml::Table::new();
-    if let Some(toml::Value::Table(section)) = table.get(name) {
-        for (k, v) in section.iter().filter(|(k, _)| keys.contains(&k.as_str())) {
-            t.insert(k.clone(), v.clone());
-        }
+    const MINIMAL: &str = "[flow_log]\nid = \"fl-0123456789abcdef0\"\naccount_id = \"123456789012\"\nregion = \"us-east-1\"\n";
+
+    fn keys(problems: &[Problem]) -> Vec<&str> {
+        problems.iter().map(|p| p.key.as_str()).collect()
     }
-    let mut outer = toml::Table::new();
-    outer.insert(name.to_owned(), toml::Value::Table(t));
-    outer
+
+    #[test]
+    fn unknown_keys_come_from_the_structs_and_all_are_listed() {
+        // `gzip_level = "high"` stops serde's walk of `[output]`; the unknown keys after it
+        // are still reported, each under its own key.
+        let text = format!(
+            "{MINIMAL}[output]\nbogus = 1\ngzip_level = \"high\"\n\"odd key\" = 2\n[state]\ndri = \"x\"\n[nope]\n"
+        );
+        let problems = parse(&text).unwrap_err();
+        let found = keys(&problems);
+        for key in ["output.bogus", "output.\"odd key\"", "output", "state.dri", "nope"] {
+            assert!(found.contains(&key), "{key} not in {found:?}");
+        }
+        let unknown = problems.iter().filter(|p| p.message == "unknown key").count();
+        assert_eq!(unknown, 3, "{problems:?}");
+    }
+
+    #[test]
+    fn a_section_that_is_not_a_table_is_one_problem() {
+        let problems = parse(&format!("sink = 3\n{MINIMAL}")).unwrap_err();
+        assert_eq!(
+            problems,
+            vec![Problem {
+                key: "sink".into(),
+                message: "must be a table ([section])".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_can_be_passed_over() {
+        let table: toml::Table = format!("{MINIMAL}[output]\nbogus = 1\n[capture]\nx = 1\n")
+            .parse()
+            .unwrap();
+        let mut p = Problems::new(true);
+        check_sections(&table, SECTIONS.into_iter(), &mut p);
+        assert!(validate_sections(&table, &mut p).is_some());
+        assert!(p.is_empty(), "{:?}", p.into_vec());
+    }
+
+    #[test]
+    fn publishing_keys_are_asked_of_the_structs() {
+        let v = toml::Value::from("parquet");
+        assert!(is_publishing_key("output", "format", &v));
+        // A wrong type is still the section's key (its value is reported when validated).
+        assert!(is_publishing_key("output", "gzip_level", &v));
+        assert!(is_publishing_key("output", "log_format", &v));
+        assert!(!is_publishing_key("output", "max_aggregation_interval", &v));
+        assert!(is_publishing_key("sink", "type", &v));
+        assert!(!is_publishing_key("capture", "backend", &v));
+    }
 }

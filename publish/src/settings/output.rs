@@ -53,7 +53,6 @@ pub struct OutputSettings {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawOutput {
     format: Option<String>,
     log_format: Option<String>,

@@ -21,7 +21,6 @@ pub struct ServiceSettings {
 }
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawService {
     shutdown_grace: Option<String>,
     metrics_address: Option<String>,

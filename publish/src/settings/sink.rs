@@ -9,7 +9,6 @@ use crate::sink::SinkSettings;
 use crate::sink::s3::{ChecksumMode, S3Settings, Sse};
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawSink {
     #[serde(rename = "type")]
     kind: Option<String>,

@@ -28,7 +28,6 @@ pub struct StateSettings {
 /// `[service]`.
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct RawState {
     dir: Option<PathBuf>,
     fsync: Option<String>,
