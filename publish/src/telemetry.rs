@@ -1,4 +1,6 @@
-//! Telemetry of the aggregator: logs, Prometheus metrics, health and shutdown signals.
+//! Telemetry of the publishing pipeline: logs, Prometheus metrics, health and shutdown
+//! signals. The log subscriber and the HTTP endpoint are `flowlog_runtime`'s, shared with
+//! the lean agent.
 //!
 //! - [`init_tracing`] installs the global `tracing` subscriber (text or JSON on stderr);
 //! - [`Metrics`] holds every counter, gauge and histogram the service exports, and
@@ -11,15 +13,11 @@
 //! [`RETRY_TRANSIENT`], …), never from keys, addresses or other unbounded data.
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use flowlog_runtime::http::{self, HttpError};
+use flowlog_runtime::logs::LogFilterError;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,34 +27,16 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// Errors of the telemetry functions.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The log filter (the `filter` argument or `RUST_LOG`) cannot be parsed.
-    #[error("invalid log filter '{filter}' (from {origin})")]
-    LogFilter {
-        /// The filter text.
-        filter: String,
-        /// Where it came from: `RUST_LOG` or the configuration.
-        origin: &'static str,
-        /// The parse error.
-        #[source]
-        source: tracing_subscriber::filter::ParseError,
-    },
-    /// The metrics endpoint cannot listen on its address.
-    #[error("cannot bind the metrics endpoint to {addr}")]
-    Bind {
-        /// The address as given.
-        addr: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The metrics endpoint failed while serving.
-    #[error("the metrics endpoint failed")]
-    Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    LogFilter(#[from] LogFilterError),
+    /// The metrics endpoint cannot listen on its address, or failed while serving.
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -66,40 +46,11 @@ pub enum TelemetryError {
 /// How log lines are written to stderr (`service.log_format`).
 pub use flowlog_runtime::LogOutput;
 
-/// Builds the filter: `RUST_LOG` (when set and not blank) wins over `filter`.
-fn build_filter(filter: &str, rust_log: Option<String>) -> Result<EnvFilter, TelemetryError> {
-    let (text, origin) = match rust_log {
-        Some(env) if !env.trim().is_empty() => (env, "RUST_LOG"),
-        _ => (filter.to_owned(), "the configuration"),
-    };
-    EnvFilter::try_new(&text).map_err(|source| TelemetryError::LogFilter {
-        filter: text,
-        origin,
-        source,
-    })
-}
-
-/// Installs the global `tracing` subscriber, writing to stderr in `format`.
-///
-/// `filter` is an [`EnvFilter`] directive such as `info` or `info,flowlog_aggregator=debug`;
-/// the `RUST_LOG` environment variable replaces it when set. Safe to call more than once:
-/// when a global subscriber is already installed the call does nothing and returns `Ok`
-/// (the filter is still validated).
+/// Installs the global `tracing` subscriber, writing to stderr in `format`
+/// ([`flowlog_runtime::logs::init`]: `RUST_LOG` replaces `filter` when set; a second call
+/// does nothing).
 pub fn init_tracing(format: LogOutput, filter: &str) -> Result<(), TelemetryError> {
-    let env_filter = build_filter(filter, std::env::var("RUST_LOG").ok())?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        LogOutput::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogOutput::Json => builder.json().with_current_span(true).try_init(),
-    };
-    // The only failure is "a global subscriber (or `log` logger) is already set":
-    // a second call is a no-op by contract.
-    let _already_set = result;
-    Ok(())
+    Ok(flowlog_runtime::logs::init(format, filter)?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -703,42 +654,25 @@ impl Health {
 // HTTP endpoint
 // ---------------------------------------------------------------------------------------
 
-/// Content type of [`Metrics::encode`] output.
-const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-#[derive(Debug, Clone)]
-struct AppState {
+/// What the endpoint answers: the metrics, and the components `health` lists.
+#[derive(Debug)]
+struct PipelineStatus {
     metrics: Arc<Metrics>,
     health: Health,
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        state.metrics.encode(),
-    )
-        .into_response()
-}
-
-async fn health_handler(State(state): State<AppState>) -> Response {
-    let reasons = state.health.reasons();
-    if reasons.is_empty() {
-        return (StatusCode::OK, "ok\n").into_response();
+impl http::Status for PipelineStatus {
+    fn metrics(&self) -> Option<String> {
+        Some(self.metrics.encode())
     }
-    let mut body = String::new();
-    for (component, reason) in reasons {
-        // One line per reason, whatever the reason text holds.
-        let reason = reason.replace(['\r', '\n'], " ");
-        body.push_str(component);
-        body.push_str(": ");
-        body.push_str(&reason);
-        body.push('\n');
-    }
-    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
-}
 
-async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, "not found\n").into_response()
+    fn problems(&self) -> Vec<(String, String)> {
+        self.health
+            .reasons()
+            .into_iter()
+            .map(|(component, reason)| (component.to_owned(), reason))
+            .collect()
+    }
 }
 
 /// Starts the `/metrics` and `/healthz` endpoint on `runtime` when `address` is set: binds
@@ -764,12 +698,7 @@ pub fn start_http(
 
 /// Binds the metrics endpoint's listener to `addr` (such as `127.0.0.1:9464`).
 pub async fn bind_http(addr: &str) -> Result<TcpListener, TelemetryError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| TelemetryError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })
+    Ok(http::bind(addr).await?)
 }
 
 /// Serves `GET /metrics` (OpenMetrics text) and `GET /healthz` (`200 ok` or `503` with one
@@ -782,18 +711,8 @@ pub async fn serve_http(
     health: Health,
     cancel: CancellationToken,
 ) -> Result<(), TelemetryError> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "metrics endpoint listening");
-    }
-    let app = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(health_handler))
-        .fallback(not_found)
-        .with_state(AppState { metrics, health });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
-        .map_err(TelemetryError::Serve)
+    let status = Arc::new(PipelineStatus { metrics, health });
+    Ok(http::serve(listener, status, cancel).await?)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -882,22 +801,6 @@ mod tests {
             cancel.clone(),
         ));
         (addr, metrics, health, cancel, task)
-    }
-
-    #[test]
-    fn filter_prefers_rust_log() {
-        assert!(build_filter("info", None).is_ok());
-        assert!(build_filter("info,flowlog_aggregator=debug", Some("  ".into())).is_ok());
-        let e = build_filter("info,x=notalevel", None).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("'info,x=notalevel' (from the configuration)"),
-            "{e}"
-        );
-        // RUST_LOG wins, even over a bad configured filter.
-        assert!(build_filter("x=notalevel", Some("debug".into())).is_ok());
-        let e = build_filter("info", Some("y=bogus".into())).unwrap_err();
-        assert!(e.to_string().contains("from RUST_LOG"), "{e}");
     }
 
     #[test]

@@ -10,9 +10,12 @@
 //! - [`FsyncPolicy`]: `always`, `never` or `interval:<duration>` (the aggregator's WAL and
 //!   the agent's spool);
 //! - [`service`]: the `[service]` keys both binaries have (`log_format` as [`LogOutput`],
-//!   `log_level`, `metrics_address`).
+//!   `log_level`, `metrics_address`);
+//! - [`logs`]: the log subscriber (stderr, text or JSON, `RUST_LOG` over the config);
+//! - [`http`]: the `/metrics` and `/healthz` endpoint, answering from a [`http::Status`].
 //!
-//! Everything here is std plus `thiserror` and `humantime`: no I/O, no async runtime.
+//! The value helpers are std plus `thiserror` and `humantime`; `logs` and `http` add
+//! `tracing-subscriber`, `tokio` and `axum`, which both binaries link anyway.
 
 #![warn(missing_docs)]
 
@@ -20,6 +23,8 @@ pub mod backoff;
 pub mod duration;
 pub mod error;
 pub mod fsync;
+pub mod http;
+pub mod logs;
 pub mod service;
 pub mod size;
 

@@ -359,10 +359,19 @@ mod tests {
         );
         let problems = parse(&text).unwrap_err();
         let found = keys(&problems);
-        for key in ["output.bogus", "output.\"odd key\"", "output", "state.dri", "nope"] {
+        for key in [
+            "output.bogus",
+            "output.\"odd key\"",
+            "output",
+            "state.dri",
+            "nope",
+        ] {
             assert!(found.contains(&key), "{key} not in {found:?}");
         }
-        let unknown = problems.iter().filter(|p| p.message == "unknown key").count();
+        let unknown = problems
+            .iter()
+            .filter(|p| p.message == "unknown key")
+            .count();
         assert_eq!(unknown, 3, "{problems:?}");
     }
 
