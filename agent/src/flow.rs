@@ -942,7 +942,7 @@ mod tests {
 
     use super::*;
     use crate::decode::{LinkType, decode_frame};
-    use crate::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
+    use flowlog_tests::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN};
 
     /// Start of a 60 s interval (1_699_999_980 % 60 == 0).
     const T0: u64 = 1_699_999_980;

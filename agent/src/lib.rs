@@ -5,7 +5,8 @@ pub mod capture_config;
 pub mod config;
 pub mod decode;
 pub mod flow;
-pub mod frames;
+#[cfg(test)]
+mod frames_decode_tests;
 pub mod imds;
 pub mod interface;
 pub mod metadata;

@@ -214,8 +214,8 @@ mod tests {
 
     use super::*;
     use crate::decode::{LinkType, decode_frame};
-    use crate::frames::{self, TCP_ACK};
     use crate::pcap::PcapWriter;
+    use flowlog_tests::frames::{self, TCP_ACK};
 
     const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
     const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];

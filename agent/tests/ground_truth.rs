@@ -19,12 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use flowlog_agent::frames::{
+use flowlog_agent::pcap::PcapWriter;
+use flowlog_tests::frames::{
     self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_QINQ, ETHERTYPE_VLAN, PROTO_ESP, PROTO_GRE,
     PROTO_ICMP, PROTO_ICMPV6, PROTO_IPV6_FRAGMENT, PROTO_IPV6_HOPOPTS, PROTO_TCP, PROTO_UDP,
     TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
 };
-use flowlog_agent::pcap::PcapWriter;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");
 

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flowlog_agent::frames::{self, TCP_ACK, TCP_SYN};
+use flowlog_tests::frames::{self, TCP_ACK, TCP_SYN};
 use pcap_file::DataLink;
 use pcap_file::pcapng::PcapNgWriter;
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketBlock;

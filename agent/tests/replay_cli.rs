@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::process::Command;
 use std::time::Duration;
 
-use flowlog_agent::frames::{self, TCP_ACK, TCP_FIN, TCP_SYN};
 use flowlog_agent::pcap::PcapWriter;
+use flowlog_tests::frames::{self, TCP_ACK, TCP_FIN, TCP_SYN};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");
 const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];

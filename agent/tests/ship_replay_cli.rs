@@ -13,10 +13,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::ingest::{Action, TestIngest, wait_until};
-use flowlog_agent::frames::{self, TCP_ACK};
 use flowlog_agent::pcap::PcapWriter;
 use flowlog_formats::LogFormat;
 use flowlog_formats::text::TextWriter;
+use flowlog_tests::frames::{self, TCP_ACK};
 use flowlog_tests::pki::TestPki;
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowlog-agent");

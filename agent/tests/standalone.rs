@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowlog_agent::frames::{self, TCP_ACK, TCP_FIN, TCP_SYN};
 use flowlog_agent::pcap::PcapWriter;
 use flowlog_formats::input::RecordSource;
 use flowlog_formats::text::TextReader;
 use flowlog_formats::{FlowRecord, LogFormat, LogStatus};
+use flowlog_tests::frames::{self, TCP_ACK, TCP_FIN, TCP_SYN};
 
 mod common;
 

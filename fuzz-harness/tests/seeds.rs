@@ -14,7 +14,6 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flowlog_agent::frames::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_TCP, PROTO_UDP};
 use flowlog_agent::pcap::{DLT_EN10MB, PcapWriter, Resolution};
 use flowlog_agent::ship::settings::{FsyncPolicy, SpoolSettings};
 use flowlog_agent::ship::spool::{Mark, Spool};
@@ -22,6 +21,7 @@ use flowlog_formats::parquet::{ParquetOptions, ParquetWriter};
 use flowlog_formats::text::{GzipTextWriter, TextWriter};
 use flowlog_formats::{FlowRecord, LogFormat};
 use flowlog_publish::wal::{Wal, WalSettings};
+use flowlog_tests::frames::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6, PROTO_TCP, PROTO_UDP};
 use flowlog_transport::{encode_batch, pb};
 use prost::Message;
 

@@ -6,12 +6,14 @@
 //! - [`slow_proxy`]: a TCP proxy that adds latency to every request (a slow S3).
 //! - [`pki`]: a throw-away CA with server and client certificates for TLS tests.
 //! - [`records`]: deterministic flow records spread over windows.
+//! - [`frames`]: valid link-layer frames, built inside out (Ethernet, VLAN, IPv4/IPv6, TCP, UDP, ICMP).
 //! - [`published_records`]: every record of every flow log file below a directory.
 //! - [`binaries`]: builds the workspace's executables the end-to-end tests run.
 //!
 //! The Python side lives in the venv `scripts/setup-test-env.sh` creates (`$FLOWLOG_VENV`,
 //! by default `target/test-venv`); the integration tests under `tests/` use it too.
 
+pub mod frames;
 pub mod pki;
 pub mod records;
 pub mod s3;

@@ -317,11 +317,11 @@ mod tests {
 
     use super::*;
     use crate::decode::decode_frame;
-    use crate::frames::{self, PROTO_TCP, TCP_ACK, TCP_SYN};
     use crate::nflog::test_support::{
         ENI_MAC, GROUP, HOST, REMOTE, info, ok, settings, statuses, syn_packet, udp_packet,
     };
     use crate::nflog::wire::{NetlinkMessage, NetlinkMessages};
+    use flowlog_tests::frames::{self, PROTO_TCP, TCP_ACK, TCP_SYN};
 
     /// Start of a 60 s interval.
     const T0: u64 = 1_699_999_980;

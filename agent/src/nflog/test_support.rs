@@ -12,7 +12,7 @@ use super::wire::{
     NFULA_SEQ, align4, put_attribute,
 };
 use crate::flow::{FlowTableSettings, InterfaceInfo};
-use crate::frames::{self, PROTO_TCP, PROTO_UDP, TCP_SYN};
+use flowlog_tests::frames::{self, PROTO_TCP, PROTO_UDP, TCP_SYN};
 
 pub(super) const GROUP: u16 = 100;
 pub(super) const ENI_MAC: [u8; 6] = [2, 0x11, 0x22, 0x33, 0x44, 0x55];

@@ -26,9 +26,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use flowlog_agent::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use flowlog_agent::pcap::{DLT_EN10MB, PcapWriter, Resolution};
 use flowlog_benches::{FIRST_WINDOW_START, SplitMix64};
+use flowlog_tests::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
 /// MAC address of the host's interface (put it in the agent's `[[interface]] mac`).
 pub const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x0a];
