@@ -70,6 +70,38 @@ pub struct AgentSettings {
     pub publish: flowlog_publish::Settings,
 }
 
+impl AgentSettings {
+    /// The settings that decide which records a replay yields, as text (part of a replay
+    /// input's identity in the spool: `ship::replay_input_tag`). The form is fixed: a
+    /// change would make spooled replays look like new inputs.
+    pub fn replay_identity(&self) -> String {
+        format!(
+            "\0{}\0{:?}\0{}\0{:?}\0{}\0{}\0{}",
+            self.interval_secs,
+            self.traffic_type,
+            self.max_flows,
+            self.interfaces,
+            self.account_id,
+            self.region,
+            self.flow_log_id
+        )
+    }
+
+    /// What live capture needs of these settings.
+    pub fn live(&self) -> crate::capture::LiveSettings {
+        crate::capture::LiveSettings {
+            interfaces: self.interfaces.clone(),
+            firewall: self.firewall,
+            account_id: self.account_id.clone(),
+            table: crate::flow::FlowTableSettings {
+                interval_secs: self.interval_secs,
+                max_flows: self.max_flows,
+            },
+            capture: self.capture,
+        }
+    }
+}
+
 /// A config file that cannot be used; lists every problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {

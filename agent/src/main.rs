@@ -152,8 +152,8 @@ fn run_live(
     stop: Arc<AtomicBool>,
 ) -> Result<bool, SourceError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(64);
-    let threads =
-        capture::start(settings, stop, tx).map_err(|e| SourceError::Failed(e.to_string()))?;
+    let threads = capture::start(&settings.live(), stop, tx)
+        .map_err(|e| SourceError::Failed(e.to_string()))?;
     metrics.set_capture(threads.stats());
     eprintln!(
         "flowlog-agent: capturing, {}-second intervals, records to {}; SIGINT/SIGTERM (Ctrl-C) \
@@ -525,7 +525,7 @@ fn ship_replay(
     stop: &AtomicBool,
 ) -> ExitCode {
     let stopped = || stop.load(Ordering::Relaxed);
-    let tag = match ship::replay_input_tag(path, settings) {
+    let tag = match ship::replay_input_tag(path, &settings.replay_identity()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {}", chain(&e));
@@ -556,7 +556,7 @@ fn ship_replay(
     };
     let batcher = Batcher::new(
         &shipper,
-        settings,
+        settings.interval_secs,
         &fill,
         &stopped,
         Overflow::Wait,
@@ -658,7 +658,14 @@ fn ship_live(
         prepare(settings, r);
     };
     let never = || false;
-    let batcher = Batcher::new(&shipper, settings, &fill, &never, Overflow::Replace, None);
+    let batcher = Batcher::new(
+        &shipper,
+        settings.interval_secs,
+        &fill,
+        &never,
+        Overflow::Replace,
+        None,
+    );
     let mut output = ShipOutput {
         batcher,
         describe: format!(

@@ -623,7 +623,7 @@ fn a_full_output_queue_becomes_skipdata_and_counters_move() {
     sh(&["ping", "-c", "1", "-W", "1", &there.to_string()]);
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = std::sync::mpsc::sync_channel(0);
-    let capture = capture::start(&settings, Arc::clone(&stop), tx).unwrap();
+    let capture = capture::start(&settings.live(), Arc::clone(&stop), tx).unwrap();
     let stats = capture.stats();
 
     // 1000 flows a burst: records pile up in the capture thread (at most max_flows +

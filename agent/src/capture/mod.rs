@@ -65,9 +65,10 @@ use flowlog_formats::record::{Action, LogStatus, Text};
 use pnet_datalink::{Channel, Config, DataLinkReceiver, NetworkInterface};
 
 use crate::capture_config::CaptureSettings;
-use crate::config::{AgentSettings, InterfaceSettings};
 use crate::decode::{LinkType, MAX_WIRE_LEN, SkipReason, decode_captured_frame};
 use crate::flow::{FlowTable, FlowTableSettings, InterfaceInfo};
+use crate::interface::{InterfaceSettings, default_interface_id};
+use crate::nflog::FirewallSettings;
 
 /// How long a read waits before the thread checks for shutdown, reads the kernel's drop
 /// counter, closes due intervals and publishes its counters (it does the same at this
@@ -222,7 +223,7 @@ impl Capture {
 fn default_interface_settings(iface: &NetworkInterface) -> InterfaceSettings {
     InterfaceSettings {
         name: iface.name.clone(),
-        interface_id: crate::config::default_interface_id(&iface.name),
+        interface_id: default_interface_id(&iface.name),
         mac: None,
         primary_v4: None,
         primary_v6: None,
@@ -233,10 +234,25 @@ fn auto_candidate(iface: &NetworkInterface) -> bool {
     iface.is_up() && !iface.is_loopback() && iface.mac.is_some_and(|m| m.octets() != [0; 6])
 }
 
+/// What live capture needs of the agent's settings (`AgentSettings::live`).
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    /// Configured interfaces (empty = every up, non-loopback interface with a MAC).
+    pub interfaces: Vec<InterfaceSettings>,
+    /// `[firewall]`: the NFLOG group REJECT records are learnt from.
+    pub firewall: FirewallSettings,
+    /// Account of the interfaces.
+    pub account_id: Text,
+    /// Interval and flow limit of every flow table.
+    pub table: FlowTableSettings,
+    /// `[capture]`: how the interfaces are read.
+    pub capture: CaptureSettings,
+}
+
 /// Returns the interfaces to capture on: the configured ones, or every up, non-loopback
 /// interface with a MAC address.
 pub fn select_interfaces(
-    settings: &AgentSettings,
+    settings: &LiveSettings,
 ) -> Result<Vec<(NetworkInterface, InterfaceSettings)>, CaptureError> {
     let all = pnet_datalink::interfaces();
     if settings.interfaces.is_empty() {
@@ -432,7 +448,7 @@ fn launch_interface(shared: &Arc<Shared>, prepared: Prepared) {
 /// Every interface's sockets are opened before any thread starts, so an error leaves
 /// nothing running.
 pub fn start(
-    settings: &AgentSettings,
+    settings: &LiveSettings,
     stop: Arc<AtomicBool>,
     records: SyncSender<Emitted>,
 ) -> Result<Capture, CaptureError> {
@@ -441,10 +457,7 @@ pub fn start(
     let rejects = crate::nflog::start(&settings.firewall, &stop)?;
     let shared = Arc::new(Shared {
         account_id: settings.account_id.clone(),
-        table_settings: FlowTableSettings {
-            interval_secs: settings.interval_secs,
-            max_flows: settings.max_flows,
-        },
+        table_settings: settings.table,
         capture: settings.capture,
         stop,
         records,

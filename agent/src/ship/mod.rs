@@ -31,7 +31,6 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentSettings;
 use crate::metrics::AgentMetrics;
 use sender::Dispatch;
 use settings::ShipSettings;
@@ -409,7 +408,7 @@ impl<'a> Batcher<'a> {
     /// A batcher for `shipper`. `mark` = `(input, records already handled)` for a replay.
     pub fn new(
         shipper: &'a Shipper,
-        settings: &AgentSettings,
+        interval_secs: u64,
         fill: &'a dyn Fn(&mut FlowRecord),
         stop: &'a dyn Fn() -> bool,
         overflow: Overflow,
@@ -422,7 +421,7 @@ impl<'a> Batcher<'a> {
             stop,
             overflow,
             max,
-            interval_secs: settings.interval_secs.max(1),
+            interval_secs: interval_secs.max(1),
             pending: Vec::new(),
             interval: None,
             mark,
@@ -488,10 +487,11 @@ impl<'a> Batcher<'a> {
 }
 
 /// The identity of a replay input: a nonzero hash of the file's size, its first MiB and
-/// last 64 KiB, and the settings that decide its records (interval, filter, flow limit,
-/// interfaces, account, region, flow log id). The same content replayed with the same
-/// settings gives the same records in the same order.
-pub fn replay_input_tag(path: &Path, settings: &AgentSettings) -> Result<u64, ShipError> {
+/// last 64 KiB, and `settings`, the text of the settings that decide its records
+/// (`AgentSettings::replay_identity`: interval, filter, flow limit, interfaces, account,
+/// region, flow log id). The same content replayed with the same settings gives the same
+/// records in the same order.
+pub fn replay_input_tag(path: &Path, settings: &str) -> Result<u64, ShipError> {
     let fail = |source| ShipError::Input {
         path: path.display().to_string(),
         source,
@@ -512,19 +512,7 @@ pub fn replay_input_tag(path: &Path, settings: &AgentSettings) -> Result<u64, Sh
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).map_err(fail)?;
     h.update(&tail);
-    h.update(
-        format!(
-            "\0{}\0{:?}\0{}\0{:?}\0{}\0{}\0{}",
-            settings.interval_secs,
-            settings.traffic_type,
-            settings.max_flows,
-            settings.interfaces,
-            settings.account_id,
-            settings.region,
-            settings.flow_log_id
-        )
-        .as_bytes(),
-    );
+    h.update(settings.as_bytes());
     let digest = h.finalize();
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest[..8]);
