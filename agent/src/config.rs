@@ -9,6 +9,7 @@ use flowlog_formats::key::{validate_account_id, validate_flow_log_id, validate_r
 use flowlog_formats::{Action, LogFormat, Text};
 
 pub use crate::interface::{InterfaceSettings, default_interface_id};
+use flowlog_runtime::keys::deserialize_with_unknown;
 use serde::Deserialize;
 
 /// Which records a flow log keeps (AWS `TrafficType`).
@@ -122,7 +123,6 @@ impl fmt::Display for ConfigError {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     flow_log: Option<RawFlowLog>,
     output: Option<RawOutput>,
@@ -134,7 +134,6 @@ struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFlowLog {
     id: Option<String>,
     account_id: Option<String>,
@@ -145,13 +144,11 @@ struct RawFlowLog {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawOutput {
     log_format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawInterface {
     name: Option<String>,
     interface_id: Option<String>,
@@ -223,13 +220,26 @@ pub fn parse_table(table: toml::Table, path: &str) -> Result<AgentSettings, Conf
     let mut problems: Vec<(String, String)> = Vec::new();
     let (table, ship_sections, mut ship_problems) = split_shipping(table);
     let (agent_table, publish_table) = split_publishing(table);
-    let raw: RawConfig =
-        toml::Value::Table(agent_table)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError {
+    // Unknown keys are those the settings structs pass over: every one is listed.
+    let (raw, unknown) = deserialize_with_unknown::<RawConfig>(toml::Value::Table(agent_table));
+    for key in unknown {
+        let what = if key.contains(['.', '[']) {
+            "unknown key"
+        } else {
+            "unknown section"
+        };
+        problems.push((key, what.to_owned()));
+    }
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(e) => {
+            problems.push(("(config)".into(), e.message().to_owned()));
+            return Err(ConfigError {
                 path: path.to_owned(),
-                problems: vec![("(config)".into(), e.message().to_owned())],
-            })?;
+                problems,
+            });
+        }
+    };
     let publish = publish_settings(&publish_table);
     let mut add = |key: &str, problem: String| problems.push((key.to_owned(), problem));
     let flow = raw.flow_log.unwrap_or(RawFlowLog {
@@ -608,7 +618,7 @@ addresses = ["10.0.0.10", "10.244.1.0/24", "2001:db8:1:1::/64", "2001:db8:1:1::1
             parse("[flow_log]\nbogus = 1\n", "t")
                 .unwrap_err()
                 .to_string()
-                .contains("unknown field `bogus`")
+                .contains("flow_log.bogus: unknown key")
         );
     }
 

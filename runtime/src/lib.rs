@@ -11,11 +11,13 @@
 //!   the agent's spool);
 //! - [`service`]: the `[service]` keys both binaries have (`log_format` as [`LogOutput`],
 //!   `log_level`, `metrics_address`);
+//! - [`keys`]: config keys as written, and unknown keys collected from the settings structs;
 //! - [`logs`]: the log subscriber (stderr, text or JSON, `RUST_LOG` over the config);
 //! - [`http`]: the `/metrics` and `/healthz` endpoint, answering from a [`http::Status`].
 //!
-//! The value helpers are std plus `thiserror` and `humantime`; `logs` and `http` add
-//! `tracing-subscriber`, `tokio` and `axum`, which both binaries link anyway.
+//! The value helpers are std plus `thiserror` and `humantime`; `keys`, `logs` and
+//! `http` add `serde`, `toml`, `tracing-subscriber`, `tokio` and `axum`, which both binaries
+//! link anyway.
 
 #![warn(missing_docs)]
 
@@ -24,6 +26,7 @@ pub mod duration;
 pub mod error;
 pub mod fsync;
 pub mod http;
+pub mod keys;
 pub mod logs;
 pub mod service;
 pub mod size;

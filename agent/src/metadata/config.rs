@@ -22,7 +22,6 @@ use crate::imds::ImdsSettings;
 
 /// The `[metadata]` config section, as written. Every key is optional.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MetadataConfig {
     /// `instance-id` of every interface (`i-…`). Default: IMDS's, else `-`.
     pub instance_id: Option<String>,
@@ -58,7 +57,6 @@ pub struct MetadataConfig {
 /// One `[[metadata.subnet]]` entry: the subnet of interfaces whose primary address is in
 /// `cidr`.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SubnetConfig {
     /// The subnet's CIDR (IPv4 or IPv6; a subnet with both is listed twice). Required.
     pub cidr: Option<String>,
@@ -76,7 +74,6 @@ pub struct SubnetConfig {
 
 /// One `[[metadata.traffic_path]]` entry: egress traffic to `cidr` takes `path`.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TrafficPathConfig {
     /// Destination CIDR; the longest matching entry applies. Required.
     pub cidr: Option<String>,
@@ -426,7 +423,7 @@ mod tests {
             unknown
                 .unwrap_err()
                 .to_string()
-                .contains("unknown field `vpc`")
+                .contains("metadata.vpc: unknown key")
         );
     }
 }

@@ -10,7 +10,6 @@ use serde::Deserialize;
 /// nflog_group = 100
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FirewallConfig {
     /// NFLOG group (0-65535) that the host firewall's drop rules log to. Absent: the agent
     /// does not listen, and every record has `action` ACCEPT.

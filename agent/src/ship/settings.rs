@@ -154,7 +154,6 @@ pub struct ShipSettings {
 
 /// The raw `[aggregator]` section.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AggregatorConfig {
     endpoints: Option<Vec<String>>,
     ca_file: Option<String>,
@@ -174,7 +173,6 @@ pub struct AggregatorConfig {
 
 /// The raw `[spool]` section.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SpoolConfig {
     dir: Option<String>,
     max_bytes: Option<SizeValue>,
@@ -184,7 +182,6 @@ pub struct SpoolConfig {
 
 /// The raw `[service]` section in ship mode.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     metrics_address: Option<String>,
     log_level: Option<String>,
@@ -194,13 +191,17 @@ pub struct ServiceConfig {
 
 /// Deserializes one section, reporting a problem (and returning the default) if it does
 /// not fit.
-pub fn section<T: Default + for<'de> Deserialize<'de>>(
+pub fn section<T: Default + serde::de::DeserializeOwned>(
     value: Option<toml::Value>,
     name: &str,
     add: &mut dyn FnMut(&str, String),
 ) -> Option<T> {
     let value = value?;
-    match value.try_into::<T>() {
+    let (result, unknown) = flowlog_runtime::keys::deserialize_with_unknown::<T>(value);
+    for key in unknown {
+        add(&format!("{name}.{key}"), "unknown key".to_owned());
+    }
+    match result {
         Ok(v) => Some(v),
         Err(e) => {
             add(name, e.message().to_owned());

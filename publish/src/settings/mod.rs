@@ -87,19 +87,7 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// [`is_publishing_key`] tells programs that embed these sections which keys are theirs.
 pub const SECTIONS: [&str; 5] = ["flow_log", "output", "sink", "state", "service"];
 
-/// Returns a key as it is written in TOML: bare if it can be, else quoted, so that a
-/// problem names even an empty or odd key (`[""]` is the section `""`).
-pub fn toml_key(key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if bare {
-        key.to_owned()
-    } else {
-        format!("{key:?}")
-    }
-}
+pub use flowlog_runtime::keys::toml_key;
 
 /// Collects problems while validating.
 #[derive(Debug, Default)]
@@ -169,22 +157,7 @@ pub fn section<T: serde::de::DeserializeOwned + Default>(
         problems.add(name, "must be a table ([section])");
         return T::default();
     }
-    let mut unknown = Vec::new();
-    let result = serde_ignored::deserialize(value.clone(), |path| unknown.push(dotted(&path)));
-    if result.is_err()
-        && let Some(keys) = value.as_table()
-    {
-        // The walk stopped at the bad value: ask key by key, so that every unknown key is
-        // still reported.
-        unknown.clear();
-        for (key, v) in keys {
-            let mut one = toml::Table::new();
-            one.insert(key.clone(), v.clone());
-            let _: Result<T, _> = serde_ignored::deserialize(toml::Value::Table(one), |path| {
-                unknown.push(dotted(&path));
-            });
-        }
-    }
+    let (result, unknown) = flowlog_runtime::keys::deserialize_with_unknown::<T>(value.clone());
     for key in unknown {
         problems.unknown(format!("{name}.{key}"), "unknown key");
     }
@@ -194,22 +167,6 @@ pub fn section<T: serde::de::DeserializeOwned + Default>(
             problems.add(name, e.message().to_owned());
             T::default()
         }
-    }
-}
-
-/// A key path as written in TOML (`"a b".c`), each part quoted when it must be.
-fn dotted(path: &serde_ignored::Path<'_>) -> String {
-    use serde_ignored::Path;
-    match path {
-        Path::Root => String::new(),
-        Path::Map { parent, key } => match dotted(parent) {
-            p if p.is_empty() => toml_key(key),
-            p => format!("{p}.{}", toml_key(key)),
-        },
-        Path::Seq { parent, index } => format!("{}[{index}]", dotted(parent)),
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => dotted(parent),
     }
 }
 
