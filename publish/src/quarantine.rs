@@ -215,7 +215,7 @@ fn open_append(dir: &Path, path: &Path) -> std::io::Result<File> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let file = options.open(path)?;
     // A new file's directory entry is made durable too.
-    File::open(dir)?.sync_all()?;
+    flowlog_runtime::sync_dir(dir)?;
     Ok(file)
 }
 

@@ -1181,17 +1181,7 @@ fn create_dir(dir: &Path) -> Result<(), WalError> {
 /// Fsyncs a directory so that entries created, renamed or deleted in it are
 /// durable.
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    #[cfg(unix)]
-    {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync directory", dir))
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = dir;
-        Ok(())
-    }
+    flowlog_runtime::sync_dir(dir).map_err(io_err("fsync directory", dir))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! (`WalSettings::fsync`, `SpoolSettings::fsync`).
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -97,6 +98,12 @@ impl FromStr for FsyncPolicy {
             })
         }
     }
+}
+
+/// Makes the entries of `dir` durable (files created, renamed or removed in it): an fsync
+/// of the directory itself, which every rename-into-place needs before it is relied on.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! - [`parse_size`]: byte sizes (`65536`, `"64MiB"`, `"75MB"`);
 //! - [`parse_duration`]: durations (`"10s"`, `"1m"`, `"200ms"`, `"0.5s"`);
 //! - [`FsyncPolicy`]: `always`, `never` or `interval:<duration>` (the aggregator's WAL and
-//!   the agent's spool);
+//!   the agent's spool), and [`sync_dir`], the directory fsync every rename needs;
 //! - [`service`]: the `[service]` keys both binaries have (`log_format` as [`LogOutput`],
 //!   `log_level`, `metrics_address`);
 //! - [`keys`]: config keys as written, and unknown keys collected from the settings structs;
@@ -34,6 +34,6 @@ pub mod size;
 pub use backoff::{Backoff, jitter};
 pub use duration::{DurationError, parse_duration};
 pub use error::error_chain;
-pub use fsync::{FsyncPolicy, FsyncPolicyError};
+pub use fsync::{FsyncPolicy, FsyncPolicyError, sync_dir};
 pub use service::{LogOutput, UnknownLogFormat};
 pub use size::{SizeError, parse_size};

@@ -330,9 +330,7 @@ pub fn random_u64() -> u64 {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir, "fsync the directory"))
+    flowlog_runtime::sync_dir(dir).map_err(io_err(dir, "fsync the directory"))
 }
 
 fn segment_name(first_seq: u64) -> String {

@@ -160,11 +160,11 @@ fn validate(table: &toml::Table, options: LoadOptions) -> Result<Settings, Vec<P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-    use std::time::Duration;
     use flowlog_formats::key::KeyLayout;
     use flowlog_publish::settings::SinkSettings;
     use flowlog_publish::wal::FsyncPolicy;
+    use std::path::PathBuf;
+    use std::time::Duration;
 
     const MINIMAL: &str = "[flow_log]\nid = \"fl-0123456789abcdef0\"\naccount_id = \"123456789012\"\nregion = \"us-east-1\"\n";
 

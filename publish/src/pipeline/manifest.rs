@@ -406,7 +406,7 @@ impl Manifest {
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, &self.path).map_err(io)?;
         if let Some(dir) = self.path.parent() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            flowlog_runtime::sync_dir(dir).map_err(io)?;
         }
         self.file = OpenOptions::new()
             .append(true)

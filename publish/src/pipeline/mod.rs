@@ -1078,9 +1078,7 @@ impl Core {
         }
         // The renames into staging/sealed/ must be durable before the manifest names them.
         let dir = self.stager.sealed_dir();
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(sealed::io_err(dir))?;
+        flowlog_runtime::sync_dir(dir).map_err(sealed::io_err(dir))?;
         let mut upload = true;
         while self.pending.len() >= self.max_pending {
             // Past a shutdown deadline nothing waits: the file stays staged and goes

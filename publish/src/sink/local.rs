@@ -209,8 +209,8 @@ fn copy_atomically(root: &Path, source: &Path, dest: &Path, target: &str) -> Res
                 _ => {}
             }
         }
-        sync_dir(dir)?;
-        sync_dir(&tmp_dir)
+        flowlog_runtime::sync_dir(dir)?;
+        flowlog_runtime::sync_dir(&tmp_dir)
     })();
     if let Err(e) = written {
         // Best effort: the temporary file is garbage either way.
@@ -239,14 +239,10 @@ fn create_dirs_durably(root: &Path, dir: &Path) -> io::Result<()> {
     file_modes::create_dir_all(dir, OUTPUT_DIR_MODE)?;
     for created in missing.iter().rev() {
         if let Some(parent) = created.parent() {
-            sync_dir(parent)?;
+            flowlog_runtime::sync_dir(parent)?;
         }
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Removes temporary copies older than [`STALE_TMP_SECS`] (left by a writer killed between
