@@ -2,9 +2,11 @@
 //! `[service]`, one module per section, validated with every problem listed under its key.
 //!
 //! Programs embed these sections in their own config file: the aggregator adds `[listen]`
-//! and `[athena]`, the agent's standalone mode its capture sections. They call
-//! [`parse_table`] with the publishing sections, or the per-section functions through
-//! [`Sections`], and report the [`Problem`]s together with their own.
+//! and `[athena]`, the agent's standalone mode its capture sections. The agent calls
+//! [`parse_table`] with the publishing sections it split off ([`is_publishing_key`]); the
+//! aggregator calls [`check_sections`] and [`validate_sections`] on its whole file and adds
+//! its own [`Problem`]s. A section's keys are the fields of its settings struct: unknown
+//! keys are those serde passes over ([`section`]).
 
 use std::fmt;
 use std::str::FromStr;
