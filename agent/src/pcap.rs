@@ -141,6 +141,8 @@ struct NgInterface {
     tsoffset: i64,
     /// Snapshot length; 0 = none.
     snaplen: u32,
+    /// Bytes of Frame Check Sequence ending every frame (`if_fcslen`, given in bits).
+    fcs_len: usize,
 }
 
 impl NgInterface {
@@ -150,12 +152,17 @@ impl NgInterface {
             tsresol: 6,
             tsoffset: 0,
             snaplen: idb.snaplen,
+            fcs_len: 0,
         };
         for opt in &idb.options {
             match opt {
                 InterfaceDescriptionOption::IfTsResol(r) => iface.tsresol = *r,
                 InterfaceDescriptionOption::IfTsOffset(o) => {
                     iface.tsoffset = i64::from_ne_bytes(o.to_ne_bytes());
+                }
+                // The pcapng specification gives the FCS length in bits.
+                InterfaceDescriptionOption::IfFcsLen(bits) => {
+                    iface.fcs_len = usize::from(*bits / 8);
                 }
                 _ => {}
             }
@@ -217,6 +224,44 @@ const MAX_RECORD: usize = 64 * 1024 * 1024;
 
 /// pcapng Section Header Block type.
 const NG_SECTION_HEADER: u32 = 0x0a0d_0d0a;
+
+/// The bits of a classic pcap header's link-type field that name the link type
+/// (libpcap's `LINKTYPE_MATCHING_MASK`); the upper bits carry other information.
+const LINKTYPE_MATCHING_MASK: u32 = 0xffff;
+
+/// The "FCS length known" bit of a classic pcap header's link-type field: when set, bits
+/// 28-31 say how many 16-bit words of Frame Check Sequence end every frame.
+const LINKTYPE_FCS_PRESENT: u32 = 0x0400_0000;
+
+/// Bytes of Frame Check Sequence at the end of every frame, from a classic pcap header's
+/// link-type field (libpcap's `LT_FCS_LENGTH`, in 16-bit words); 0 when the field does not
+/// say.
+fn pcap_fcs_len(linktype_field: u32) -> usize {
+    if linktype_field & LINKTYPE_FCS_PRESENT == 0 {
+        return 0;
+    }
+    // At most 15 words: 30 bytes.
+    ((linktype_field >> 28) & 0xf) as usize * 2
+}
+
+/// Where a frame ends once the `fcs_len` bytes of Frame Check Sequence that ended it on
+/// the wire are removed: `(captured bytes kept, wire length)`. A capture cut by its
+/// snapshot length holds only the part of the FCS it did not cut.
+fn strip_fcs(captured: usize, original_len: u32, fcs_len: usize) -> (usize, u32) {
+    if fcs_len == 0 {
+        return (captured, original_len);
+    }
+    let wire = usize::try_from(original_len)
+        .unwrap_or(usize::MAX)
+        .max(captured);
+    let not_captured = wire - captured;
+    let fcs_captured = fcs_len.saturating_sub(not_captured).min(captured);
+    let wire = wire.saturating_sub(fcs_len);
+    (
+        captured - fcs_captured,
+        u32::try_from(wire).unwrap_or(u32::MAX),
+    )
+}
 
 /// The file's bytes, read through one reusable buffer: `buf[start..end]` is what has been
 /// read and not consumed yet.
@@ -290,6 +335,8 @@ struct PcapFormat {
     big_endian: bool,
     nanos: bool,
     link: Option<LinkType>,
+    /// Bytes of Frame Check Sequence ending every frame, removed before decoding.
+    fcs_len: usize,
 }
 
 impl PcapFormat {
@@ -448,8 +495,11 @@ impl PcapPackets {
                 big_endian: be == 0xa1b2_c3d4 || be == 0xa1b2_3c4d,
                 nanos: be == 0xa1b2_3c4d || be == 0x4d3c_b2a1,
                 link: None,
+                fcs_len: 0,
             };
-            format.link = LinkType::from_pcap_linktype(format.u32_at(input.available(), 20));
+            let linktype_field = format.u32_at(input.available(), 20);
+            format.link = LinkType::from_pcap_linktype(linktype_field & LINKTYPE_MATCHING_MASK);
+            format.fcs_len = pcap_fcs_len(linktype_field);
             input.consume(24);
             Format::Pcap(format)
         } else {
@@ -566,6 +616,7 @@ impl PcapPackets {
                 }
                 let start = input.start + 16;
                 input.consume(16 + len);
+                let (kept, original_len) = strip_fcs(len, orig_len.max(incl_len), format.fcs_len);
                 Some(Ok(Located {
                     // frac_nanos < 10^9: the nanoseconds fit in u32.
                     timestamp: Duration::new(
@@ -573,8 +624,8 @@ impl PcapPackets {
                         u32::try_from(frac_nanos).unwrap_or(0),
                     ),
                     link: format.link,
-                    data: DataAt::Buffer { start, len },
-                    original_len: orig_len.max(incl_len),
+                    data: DataAt::Buffer { start, len: kept },
+                    original_len,
                     interface: 0,
                 }))
             }
@@ -656,6 +707,7 @@ impl PcapPackets {
                         len = len.min(iface.snaplen as usize);
                     }
                 }
+                let (len, original_len) = strip_fcs(len, original_len, iface.fcs_len);
                 let at = match data {
                     Cow::Borrowed(d) => {
                         // The block borrows the read buffer: locate its data there.
@@ -908,6 +960,115 @@ mod tests {
             assert_eq!(p.len(), 1);
             assert_eq!(p[0].link, link, "dlt {dlt}");
         }
+    }
+
+    /// A little-endian microsecond pcap file with the given link-type field and records
+    /// of (captured bytes, original length).
+    fn raw_pcap(linktype_field: u32, records: &[(&[u8], u32)]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for v in [0xa1b2_c3d4_u32, 0x0004_0002, 0, 0, 65535, linktype_field] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        for (i, (data, orig)) in records.iter().enumerate() {
+            for v in [1_700_000_000 + i as u32, 0, data.len() as u32, *orig] {
+                bytes.extend_from_slice(&v.to_le_bytes());
+            }
+            bytes.extend_from_slice(data);
+        }
+        bytes
+    }
+
+    #[test]
+    fn linktype_field_upper_bits_and_fcs_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fcs.pcap");
+        let f = frame(7, 60);
+        let mut with_fcs = f.clone();
+        with_fcs.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        // Bits 16-25 are not part of the link type, and say nothing about an FCS.
+        std::fs::write(&path, raw_pcap(0x03ff_0001, &[(&f, 60)])).unwrap();
+        let r = PcapPackets::open(&path).unwrap();
+        assert_eq!(r.pcap_link(), Some(LinkType::Ethernet));
+        let p: Vec<Packet> = r.collect::<Result<_, _>>().unwrap();
+        assert_eq!(
+            (p[0].data.as_slice(), p[0].original_len),
+            (f.as_slice(), 60)
+        );
+
+        // F bit set, 2 words (4 bytes) of FCS: stripped from the data and the length. The
+        // second frame was cut by the snapshot length inside its FCS (2 of 4 bytes kept),
+        // the third before it.
+        let field = 0x0400_0000 | (2 << 28) | 1;
+        std::fs::write(
+            &path,
+            raw_pcap(
+                field,
+                &[(&with_fcs, 64), (&with_fcs[..62], 64), (&f[..40], 64)],
+            ),
+        )
+        .unwrap();
+        let r = PcapPackets::open(&path).unwrap();
+        assert_eq!(r.pcap_link(), Some(LinkType::Ethernet));
+        let p: Vec<Packet> = r.collect::<Result<_, _>>().unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(
+            (p[0].data.as_slice(), p[0].original_len),
+            (f.as_slice(), 60)
+        );
+        assert_eq!(
+            (p[1].data.as_slice(), p[1].original_len),
+            (f.as_slice(), 60)
+        );
+        assert_eq!((p[2].data.as_slice(), p[2].original_len), (&f[..40], 60));
+
+        // The length bits without the F bit mean nothing.
+        std::fs::write(&path, raw_pcap((2 << 28) | 1, &[(&with_fcs, 64)])).unwrap();
+        let p: Vec<Packet> = PcapPackets::open(&path)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(p[0].data, with_fcs);
+    }
+
+    #[test]
+    fn fcs_stripping_arithmetic() {
+        assert_eq!(strip_fcs(64, 64, 0), (64, 64));
+        assert_eq!(strip_fcs(64, 64, 4), (60, 60));
+        assert_eq!(strip_fcs(62, 64, 4), (60, 60));
+        assert_eq!(strip_fcs(40, 64, 4), (40, 60));
+        assert_eq!(strip_fcs(2, 2, 4), (0, 0));
+        // An original length below the captured one counts as the captured one.
+        assert_eq!(strip_fcs(64, 10, 4), (60, 60));
+        assert_eq!(pcap_fcs_len(0xf400_0001), 30);
+        assert_eq!(pcap_fcs_len(0xf000_0001), 0);
+    }
+
+    #[test]
+    fn pcapng_if_fcslen_strips_the_fcs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fcs.pcapng");
+        let f = frame(9, 60);
+        let mut with_fcs = f.clone();
+        with_fcs.extend_from_slice(&[1, 2, 3, 4]);
+        {
+            let file = File::create(&path).unwrap();
+            let mut w = PcapNgWriter::new(file).unwrap();
+            w.write_block(&idb(1, vec![InterfaceDescriptionOption::IfFcsLen(32)]))
+                .unwrap();
+            w.write_block(&idb(1, vec![])).unwrap();
+            w.write_block(&epb(0, 1, &with_fcs)).unwrap();
+            w.write_block(&epb(1, 2, &with_fcs)).unwrap();
+        }
+        let p: Vec<Packet> = PcapPackets::open(&path)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            (p[0].data.as_slice(), p[0].original_len),
+            (f.as_slice(), 60)
+        );
+        assert_eq!(p[1].data, with_fcs, "no if_fcslen: nothing stripped");
+        assert_eq!(p[1].original_len, 64);
     }
 
     #[test]
