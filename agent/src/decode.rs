@@ -7,7 +7,11 @@
 //! Supported framing:
 //!
 //! * link layers: Ethernet II, Linux cooked capture v1 (SLL, 16-byte header) and v2 (SLL2,
-//!   20-byte header), and raw IP (the version nibble picks IPv4 or IPv6);
+//!   20-byte header), raw IP (the version nibble picks IPv4 or IPv6), BSD loopback
+//!   (`DLT_NULL`, a 4-byte address family in the capturing host's byte order, and
+//!   `DLT_LOOP`, the same in network byte order; `AF_INET` 2, `AF_INET6` 24, 28 or 30) and
+//!   PPP (an optional `0xff03` address and control, then a 1- or 2-byte protocol: `0x0021`
+//!   IPv4, `0x0057` IPv6);
 //! * up to [`MAX_VLAN_TAGS`] stacked 802.1Q / 802.1ad (`QinQ`) tags (TPIDs `0x8100`, `0x88a8`,
 //!   `0x9100`), after Ethernet or inside a cooked capture;
 //! * IPv4 with options, IPv6 with up to [`MAX_IPV6_EXT_HEADERS`] extension headers
@@ -55,6 +59,17 @@ const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 const ETHERTYPE_QINQ_OLD: u16 = 0x9100;
 
+/// PPP protocol numbers of IPv4 and IPv6.
+const PPP_IPV4: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
+
+/// BSD loopback address families: `AF_INET`, and `AF_INET6` as NetBSD/OpenBSD, FreeBSD
+/// and macOS number it.
+const AF_INET: u32 = 2;
+const AF_INET6_BSD: u32 = 24;
+const AF_INET6_FREEBSD: u32 = 28;
+const AF_INET6_DARWIN: u32 = 30;
+
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -82,18 +97,31 @@ pub enum LinkType {
     /// Bare IPv4 or IPv6 packets; the version nibble decides (pcap link types 101, 12, 14,
     /// 228, 229).
     RawIp,
+    /// BSD loopback, `DLT_NULL` (pcap link type 0): a 4-byte address family in the byte
+    /// order of the host that captured, then the packet.
+    Null,
+    /// OpenBSD loopback, `DLT_LOOP` (pcap link type 108): a 4-byte address family in
+    /// network byte order, then the packet.
+    Loop,
+    /// PPP (pcap link type 9): an optional `0xff03` address and control field, a 1- or
+    /// 2-byte protocol, then the packet.
+    Ppp,
 }
 
 impl LinkType {
     /// The link type for a pcap / pcapng `LINKTYPE_*` (or `DLT_*`) value, or `None` when
     /// the decoder does not support it.
     ///
-    /// 1 → Ethernet, 113 → Linux SLL, 276 → Linux SLL2, and raw IP for 101
+    /// 1 → Ethernet, 113 → Linux SLL, 276 → Linux SLL2, raw IP for 101
     /// (`LINKTYPE_RAW`), 12 and 14 (`DLT_RAW` on various platforms), 228
-    /// (`LINKTYPE_IPV4`) and 229 (`LINKTYPE_IPV6`).
+    /// (`LINKTYPE_IPV4`) and 229 (`LINKTYPE_IPV6`), 0 → BSD loopback (`DLT_NULL`), 108 →
+    /// `DLT_LOOP`, 9 → PPP.
     #[must_use]
     pub fn from_pcap_linktype(dlt: u32) -> Option<LinkType> {
         match dlt {
+            0 => Some(LinkType::Null),
+            9 => Some(LinkType::Ppp),
+            108 => Some(LinkType::Loop),
             1 => Some(LinkType::Ethernet),
             113 => Some(LinkType::LinuxSll),
             276 => Some(LinkType::LinuxSll2),
@@ -246,6 +274,9 @@ pub fn decode_captured_frame(
         LinkType::LinuxSll => decode_sll(captured, cut),
         LinkType::LinuxSll2 => decode_sll2(captured, cut),
         LinkType::RawIp => decode_raw_ip(captured, cut),
+        LinkType::Null => decode_loopback(captured, cut, false),
+        LinkType::Loop => decode_loopback(captured, cut, true),
+        LinkType::Ppp => decode_ppp(captured, cut),
     }
 }
 
@@ -313,6 +344,64 @@ fn decode_raw_ip(packet: &[u8], cut: usize) -> Result<PacketMeta, SkipReason> {
         Some(6) => decode_ipv6(packet, cut, LinkInfo::default()),
         // The link type promises IP, so another version is a broken IP header.
         Some(_) => Err(SkipReason::BadIpHeader),
+    }
+}
+
+/// BSD loopback: a 4-byte address family, in network byte order (`DLT_LOOP`) or in the
+/// capturing host's, which the file does not say (`DLT_NULL`): a value with its upper 16
+/// bits set is read the other way round, as libpcap and Wireshark do.
+fn decode_loopback(
+    frame: &[u8],
+    cut: usize,
+    network_order: bool,
+) -> Result<PacketMeta, SkipReason> {
+    let (&family, rest) = frame
+        .split_first_chunk::<4>()
+        .ok_or(SkipReason::Truncated)?;
+    let family = if network_order {
+        u32::from_be_bytes(family)
+    } else {
+        let le = u32::from_le_bytes(family);
+        if le & 0xffff_0000 == 0 {
+            le
+        } else {
+            u32::from_be_bytes(family)
+        }
+    };
+    match family {
+        AF_INET => decode_ipv4(rest, cut, LinkInfo::default()),
+        AF_INET6_BSD | AF_INET6_FREEBSD | AF_INET6_DARWIN => {
+            decode_ipv6(rest, cut, LinkInfo::default())
+        }
+        _ => Err(SkipReason::NotIp),
+    }
+}
+
+/// PPP: an optional `0xff03` address and control field, then the protocol: one byte when
+/// odd (protocol field compression), else two.
+fn decode_ppp(frame: &[u8], cut: usize) -> Result<PacketMeta, SkipReason> {
+    let rest = match frame {
+        [0xff, 0x03, rest @ ..] => rest,
+        _ => frame,
+    };
+    decode_ppp_protocol(rest, cut, LinkInfo::default())
+}
+
+/// A PPP protocol field (1 or 2 bytes) and what follows it: IPv4 or IPv6, else not IP.
+fn decode_ppp_protocol(frame: &[u8], cut: usize, link: LinkInfo) -> Result<PacketMeta, SkipReason> {
+    let &first = frame.first().ok_or(SkipReason::Truncated)?;
+    let (protocol, rest) = if first & 1 == 1 {
+        (u16::from(first), frame.get(1..).unwrap_or_default())
+    } else {
+        let (p, rest) = frame
+            .split_first_chunk::<2>()
+            .ok_or(SkipReason::Truncated)?;
+        (be16(*p), rest)
+    };
+    match protocol {
+        PPP_IPV4 => decode_ipv4(rest, cut, link),
+        PPP_IPV6 => decode_ipv6(rest, cut, link),
+        _ => Err(SkipReason::NotIp),
     }
 }
 
@@ -775,7 +864,7 @@ mod tests {
                     assert!(m.sll_packet_type.is_some_and(|t| t <= 0xff));
                 }
             }
-            LinkType::RawIp => {
+            LinkType::RawIp | LinkType::Null | LinkType::Loop | LinkType::Ppp => {
                 assert_eq!((m.src_mac, m.dst_mac), (None, None));
                 assert_eq!((m.sll_packet_type, m.vlan), (None, None));
             }
@@ -795,7 +884,10 @@ mod tests {
         for raw in [12, 14, 101, 228, 229] {
             assert_eq!(LinkType::from_pcap_linktype(raw), Some(LinkType::RawIp));
         }
-        assert_eq!(LinkType::from_pcap_linktype(0), None);
+        assert_eq!(LinkType::from_pcap_linktype(0), Some(LinkType::Null));
+        assert_eq!(LinkType::from_pcap_linktype(108), Some(LinkType::Loop));
+        assert_eq!(LinkType::from_pcap_linktype(9), Some(LinkType::Ppp));
+        assert_eq!(LinkType::from_pcap_linktype(50), None);
         assert_eq!(LinkType::from_pcap_linktype(105), None);
         let labels: Vec<_> = SkipReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(
@@ -808,6 +900,80 @@ mod tests {
             ]
         );
         assert_eq!(SkipReason::NotIp.to_string(), "not_ip");
+    }
+
+    #[test]
+    fn bsd_loopback_in_either_byte_order() {
+        let p4 = ipv4(6, 1, 0, &[], &tcp(40000, 443, SYN, b""));
+        let p6 = ipv6(17, &udp(5353, 53, b"q"));
+        let with = |family: [u8; 4], packet: &[u8]| [&family[..], packet].concat();
+        for (link, family, packet, src) in [
+            (LinkType::Null, 2u32.to_le_bytes(), &p4, v4(V4_A)),
+            (LinkType::Null, 2u32.to_be_bytes(), &p4, v4(V4_A)),
+            (LinkType::Null, 24u32.to_le_bytes(), &p6, v6(V6_A)),
+            (LinkType::Null, 28u32.to_be_bytes(), &p6, v6(V6_A)),
+            (LinkType::Null, 30u32.to_le_bytes(), &p6, v6(V6_A)),
+            (LinkType::Loop, 2u32.to_be_bytes(), &p4, v4(V4_A)),
+            (LinkType::Loop, 30u32.to_be_bytes(), &p6, v6(V6_A)),
+        ] {
+            let frame = with(family, packet);
+            let m = decode_frame(link, &frame).unwrap();
+            check_invariants(link, &m);
+            assert_eq!(m.src, src, "{link:?} {family:?}");
+            assert_eq!(m.ip_len as usize, packet.len());
+            assert_eq!((m.src_mac, m.vlan), (None, None));
+        }
+        // DLT_LOOP is network byte order only; other families are not IP.
+        assert_eq!(
+            decode_frame(LinkType::Loop, &with(2u32.to_le_bytes(), &p4)),
+            Err(SkipReason::NotIp)
+        );
+        assert_eq!(
+            decode_frame(LinkType::Null, &with(7u32.to_le_bytes(), &p4)),
+            Err(SkipReason::NotIp)
+        );
+        assert_eq!(
+            decode_frame(LinkType::Null, &[2, 0, 0]),
+            Err(SkipReason::Truncated)
+        );
+        // AF_INET with an IPv6 packet: a broken IP header.
+        assert_eq!(
+            decode_frame(LinkType::Null, &with(2u32.to_le_bytes(), &p6)),
+            Err(SkipReason::BadIpHeader)
+        );
+    }
+
+    #[test]
+    fn ppp_with_and_without_address_control_and_compressed_protocol() {
+        let p4 = ipv4(17, 1, 0, &[], &udp(5353, 53, b"q"));
+        let p6 = ipv6(6, &tcp(40000, 443, ACK, b"abc"));
+        for (header, packet, src, dport) in [
+            (&[0xff, 0x03, 0x00, 0x21][..], &p4, v4(V4_A), 53),
+            (&[0x00, 0x21][..], &p4, v4(V4_A), 53),
+            (&[0x21][..], &p4, v4(V4_A), 53),
+            (&[0xff, 0x03, 0x21][..], &p4, v4(V4_A), 53),
+            (&[0xff, 0x03, 0x00, 0x57][..], &p6, v6(V6_A), 443),
+            (&[0x57][..], &p6, v6(V6_A), 443),
+        ] {
+            let frame = [header, packet.as_slice()].concat();
+            let m = decode_frame(LinkType::Ppp, &frame).unwrap();
+            check_invariants(LinkType::Ppp, &m);
+            assert_eq!((m.src, m.dst_port), (src, dport), "{header:?}");
+            assert_eq!(m.ip_len as usize, packet.len());
+        }
+        // LCP, and frames cut inside the PPP header.
+        assert_eq!(
+            decode_frame(LinkType::Ppp, &[0xff, 0x03, 0xc0, 0x21, 1, 1, 0, 4]),
+            Err(SkipReason::NotIp)
+        );
+        assert_eq!(
+            decode_frame(LinkType::Ppp, &[0xff, 0x03]),
+            Err(SkipReason::Truncated)
+        );
+        assert_eq!(
+            decode_frame(LinkType::Ppp, &[0xff, 0x03, 0x00]),
+            Err(SkipReason::Truncated)
+        );
     }
 
     #[test]

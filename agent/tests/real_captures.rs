@@ -241,3 +241,87 @@ fn link_type_field_bits_without_fcs() {
     // the replay, ignore those bits.
     assert_eq!(decoded(&pcap).iter().flatten().count(), 2);
 }
+
+/// The IP packet inside an Ethernet frame built by `flowlog_tests::frames`.
+fn ip_of(frame: &[u8]) -> &[u8] {
+    &frame[14..]
+}
+
+/// BSD loopback captures (`DLT_NULL`: the address family in the capturing host's byte
+/// order, either one; `DLT_LOOP`: network byte order) and PPP captures (with and without
+/// the address and control field, with a 2- and a 1-byte protocol) are decoded to their
+/// IP packets.
+#[test]
+fn loopback_and_ppp_link_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let v6 = frames::ethernet(
+        GW_MAC,
+        HOST_MAC,
+        frames::ETHERTYPE_IPV6,
+        &frames::ipv6(
+            "2001:db8::5".parse().unwrap(),
+            "2001:db8::10".parse().unwrap(),
+            frames::PROTO_UDP,
+            &frames::udp(5353, 53, 30),
+        ),
+    );
+    let with = |head: &[u8], frame: &[u8]| [head, ip_of(frame)].concat();
+    let cases: [(&str, u32, Vec<Vec<u8>>); 3] = [
+        (
+            "null.pcap",
+            0,
+            vec![
+                with(&2u32.to_le_bytes(), &inbound(100)),
+                with(&2u32.to_be_bytes(), &outbound(1000)),
+                with(&24u32.to_le_bytes(), &v6),
+                with(&28u32.to_le_bytes(), &v6),
+                with(&30u32.to_be_bytes(), &v6),
+                // AF_APPLETALK: not IP.
+                with(&16u32.to_le_bytes(), &inbound(0)),
+            ],
+        ),
+        (
+            "loop.pcap",
+            108,
+            vec![
+                with(&2u32.to_be_bytes(), &inbound(100)),
+                with(&2u32.to_be_bytes(), &outbound(1000)),
+                with(&24u32.to_be_bytes(), &v6),
+                with(&28u32.to_be_bytes(), &v6),
+                with(&30u32.to_be_bytes(), &v6),
+                with(&16u32.to_be_bytes(), &inbound(0)),
+            ],
+        ),
+        (
+            "ppp.pcap",
+            9,
+            vec![
+                with(&[0xff, 0x03, 0x00, 0x21], &inbound(100)),
+                with(&[0x00, 0x21], &outbound(1000)),
+                with(&[0xff, 0x03, 0x00, 0x57], &v6),
+                with(&[0x57], &v6),
+                with(&[0xff, 0x03, 0x57], &v6),
+                // LCP: not IP.
+                [0xff, 0x03, 0xc0, 0x21, 1, 1, 0, 4].to_vec(),
+            ],
+        ),
+    ];
+    for (name, dlt, frames) in cases {
+        let pcap = dir.path().join(name);
+        raw_pcap(&pcap, dlt, &frames);
+        let (stats, records) = replay_file(dir.path(), &pcap);
+        assert_eq!(stats.packets, 6, "{name}");
+        assert_eq!(stats.skipped.get("not_ip"), Some(&1), "{name}: {stats:?}");
+        assert_eq!(stats.skipped.len(), 1, "{name}: {stats:?}");
+        assert_eq!(flow_totals(&records, REMOTE.into()), (1, 140), "{name}");
+        assert_eq!(flow_totals(&records, HOST.into()), (1, 1040), "{name}");
+        let v6_src: IpAddr = "2001:db8::5".parse().unwrap();
+        assert_eq!(flow_totals(&records, v6_src), (3, 3 * 78), "{name}");
+
+        let ours = decoded(&pcap);
+        assert_eq!(ours.iter().flatten().count(), 5, "{name}");
+        if let Some((agreed, read)) = agree_with_tshark(&pcap, &ours) {
+            assert_eq!((agreed, read), (5, 6), "{name}");
+        }
+    }
+}

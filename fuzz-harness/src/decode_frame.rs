@@ -4,11 +4,14 @@ use std::net::IpAddr;
 
 use flowlog_agent::decode::{self, Fragment, LinkType, PacketMeta};
 
-const LINKS: [LinkType; 4] = [
+const LINKS: [LinkType; 7] = [
     LinkType::Ethernet,
     LinkType::LinuxSll,
     LinkType::LinuxSll2,
     LinkType::RawIp,
+    LinkType::Null,
+    LinkType::Loop,
+    LinkType::Ppp,
 ];
 
 /// Decodes `data` as a frame of every link type. Checks every decoded packet's fields
@@ -111,7 +114,7 @@ pub(crate) fn check_packet(link: LinkType, frame: &[u8], m: &PacketMeta) {
                 assert!(m.sll_packet_type.is_some_and(|t| t <= 0xff));
             }
         }
-        LinkType::RawIp => {
+        LinkType::RawIp | LinkType::Null | LinkType::Loop | LinkType::Ppp => {
             assert_eq!(
                 (m.src_mac, m.dst_mac, m.sll_packet_type, m.vlan),
                 (None, None, None, None)
