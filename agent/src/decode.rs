@@ -14,6 +14,10 @@
 //!   IPv4, `0x0057` IPv6);
 //! * up to [`MAX_VLAN_TAGS`] stacked 802.1Q / 802.1ad (`QinQ`) tags (TPIDs `0x8100`, `0x88a8`,
 //!   `0x9100`), after Ethernet or inside a cooked capture;
+//! * after the tags, an MPLS label stack (`EtherTypes` `0x8847`, `0x8848`; up to
+//!   [`MAX_MPLS_LABELS`] labels, to the bottom of the stack, then IPv4 or IPv6 by the
+//!   version nibble) or a PPPoE session header (`0x8864`: 6 bytes, then a PPP protocol,
+//!   `0x0021` IPv4 or `0x0057` IPv6);
 //! * IPv4 with options, IPv6 with up to [`MAX_IPV6_EXT_HEADERS`] extension headers
 //!   (Hop-by-Hop, Routing, Fragment, Destination Options, Authentication);
 //! * TCP (ports and flags), UDP, SCTP and UDP-Lite (ports); every other protocol, ICMP and
@@ -49,6 +53,9 @@ pub const MAX_WIRE_LEN: usize = 8 * 65_535 + 64;
 /// Most VLAN tags (802.1Q / `QinQ`) skipped before the frame is given up as [`SkipReason::NotIp`].
 pub const MAX_VLAN_TAGS: usize = 4;
 
+/// Most MPLS labels walked; a stack without its bottom by then is [`SkipReason::NotIp`].
+pub const MAX_MPLS_LABELS: usize = 8;
+
 /// Most IPv6 extension headers walked; past that the packet is returned with the pending
 /// next-header value as its protocol and ports 0.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
@@ -58,6 +65,9 @@ const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 const ETHERTYPE_QINQ_OLD: u16 = 0x9100;
+const ETHERTYPE_MPLS_UNICAST: u16 = 0x8847;
+const ETHERTYPE_MPLS_MULTICAST: u16 = 0x8848;
+const ETHERTYPE_PPPOE_SESSION: u16 = 0x8864;
 
 /// PPP protocol numbers of IPv4 and IPv6.
 const PPP_IPV4: u16 = 0x0021;
@@ -436,8 +446,33 @@ fn decode_ethertype(
         t if is_vlan_tpid(t) => Err(SkipReason::NotIp),
         ETHERTYPE_IPV4 => decode_ipv4(rest, cut, link),
         ETHERTYPE_IPV6 => decode_ipv6(rest, cut, link),
+        ETHERTYPE_MPLS_UNICAST | ETHERTYPE_MPLS_MULTICAST => decode_mpls(rest, cut, link),
+        ETHERTYPE_PPPOE_SESSION => {
+            // Version and type, code, session id, length.
+            let (_, ppp) = rest.split_first_chunk::<6>().ok_or(SkipReason::Truncated)?;
+            decode_ppp_protocol(ppp, cut, link)
+        }
         _ => Err(SkipReason::NotIp),
     }
+}
+
+/// Walks an MPLS label stack (4 bytes a label) to its bottom; the packet after it is IP
+/// when its first nibble says 4 or 6 (anything else, such as a pseudowire control word,
+/// is not IP).
+fn decode_mpls(mut rest: &[u8], cut: usize, link: LinkInfo) -> Result<PacketMeta, SkipReason> {
+    for _ in 0..MAX_MPLS_LABELS {
+        let (label, tail) = rest.split_first_chunk::<4>().ok_or(SkipReason::Truncated)?;
+        rest = tail;
+        if label[2] & 0x01 != 0 {
+            return match rest.first().map(|b| b >> 4) {
+                None => Err(SkipReason::Truncated),
+                Some(4) => decode_ipv4(rest, cut, link),
+                Some(6) => decode_ipv6(rest, cut, link),
+                Some(_) => Err(SkipReason::NotIp),
+            };
+        }
+    }
+    Err(SkipReason::NotIp)
 }
 
 /// Decodes an IPv4 packet captured as `packet`, of which the capture cut `cut` bytes.
@@ -972,6 +1007,101 @@ mod tests {
         );
         assert_eq!(
             decode_frame(LinkType::Ppp, &[0xff, 0x03, 0x00]),
+            Err(SkipReason::Truncated)
+        );
+    }
+
+    /// MPLS labels (bottom of stack bit in the third byte): `labels` labels, the last at
+    /// the bottom.
+    fn mpls(labels: usize) -> Vec<u8> {
+        let mut stack = Vec::new();
+        for i in 0..labels {
+            let bottom = u8::from(i + 1 == labels);
+            stack.extend_from_slice(&[0x00, 0x01, 0x40 | bottom, 64]);
+        }
+        stack
+    }
+
+    #[test]
+    fn mpls_label_stacks_and_pppoe_sessions() {
+        let p4 = ipv4(6, 1, 0, &[], &tcp(40000, 443, SYN, b""));
+        let p6 = ipv6(17, &udp(5353, 53, b"q"));
+        for ethertype in [0x8847, 0x8848] {
+            for labels in [1, 2, 8] {
+                for (packet, src) in [(&p4, v4(V4_A)), (&p6, v6(V6_A))] {
+                    let frame = eth(ethertype, &[mpls(labels), packet.clone()].concat());
+                    let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+                    check_invariants(LinkType::Ethernet, &m);
+                    assert_eq!(m.src, src);
+                    assert_eq!(m.ip_len as usize, packet.len());
+                }
+            }
+            // Too deep a stack, no bottom, a control word, a cut stack.
+            let deep = eth(ethertype, &[mpls(9), p4.clone()].concat());
+            assert_eq!(
+                decode_frame(LinkType::Ethernet, &deep),
+                Err(SkipReason::NotIp)
+            );
+            let mut no_bottom = mpls(2);
+            no_bottom[6] &= !1;
+            let frame = eth(ethertype, &no_bottom);
+            assert_eq!(
+                decode_frame(LinkType::Ethernet, &frame),
+                Err(SkipReason::Truncated)
+            );
+            let cw = eth(ethertype, &[mpls(1), vec![0; 4], p4.clone()].concat());
+            assert_eq!(
+                decode_frame(LinkType::Ethernet, &cw),
+                Err(SkipReason::NotIp)
+            );
+            let cut = eth(ethertype, &mpls(1)[..3]);
+            assert_eq!(
+                decode_frame(LinkType::Ethernet, &cut),
+                Err(SkipReason::Truncated)
+            );
+        }
+        // Behind a VLAN tag.
+        let frame = eth_tagged(
+            &[(ETHERTYPE_VLAN, 7)],
+            0x8847,
+            &[mpls(2), p4.clone()].concat(),
+        );
+        let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+        assert_eq!((m.vlan, m.src), (Some(7), v4(V4_A)));
+
+        let pppoe = |protocol: &[u8], packet: &[u8]| {
+            let len = (protocol.len() + packet.len()) as u16;
+            let mut b = vec![0x11, 0x00, 0x12, 0x34];
+            b.extend_from_slice(&len.to_be_bytes());
+            b.extend_from_slice(protocol);
+            b.extend_from_slice(packet);
+            b
+        };
+        for (protocol, packet, src) in [
+            (&[0x00, 0x21][..], &p4, v4(V4_A)),
+            (&[0x00, 0x57][..], &p6, v6(V6_A)),
+        ] {
+            let frame = eth(0x8864, &pppoe(protocol, packet));
+            let m = decode_frame(LinkType::Ethernet, &frame).unwrap();
+            check_invariants(LinkType::Ethernet, &m);
+            assert_eq!((m.src, m.ip_len as usize), (src, packet.len()));
+            let tagged = eth_tagged(
+                &[(ETHERTYPE_QINQ, 3), (ETHERTYPE_VLAN, 4)],
+                0x8864,
+                &pppoe(protocol, packet),
+            );
+            let m = decode_frame(LinkType::Ethernet, &tagged).unwrap();
+            assert_eq!((m.vlan, m.src), (Some(3), src));
+        }
+        // LCP in a session, a header cut short.
+        let lcp = eth(0x8864, &pppoe(&[0xc0, 0x21], &[1, 1, 0, 4]));
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &lcp),
+            Err(SkipReason::NotIp)
+        );
+        let cut = eth(0x8864, &[0x11, 0, 0x12, 0x34, 0]);
+        assert_eq!(
+            decode_frame(LinkType::Ethernet, &cut),
             Err(SkipReason::Truncated)
         );
     }

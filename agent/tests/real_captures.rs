@@ -325,3 +325,71 @@ fn loopback_and_ppp_link_types() {
         }
     }
 }
+
+/// An Ethernet frame from the gateway carrying `payload` under `ethertype`, behind a VLAN
+/// tag when `vlan` is given.
+fn eth_to_host(vlan: Option<u16>, ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    match vlan {
+        Some(id) => frames::ethernet_tagged(
+            GW_MAC,
+            HOST_MAC,
+            &[(frames::ETHERTYPE_VLAN, id)],
+            ethertype,
+            payload,
+        ),
+        None => frames::ethernet(GW_MAC, HOST_MAC, ethertype, payload),
+    }
+}
+
+/// MPLS label stacks (unicast and multicast `EtherTypes`, one to three labels) and PPPoE
+/// sessions, bare and behind a VLAN tag, are decoded to their IP packets.
+#[test]
+fn mpls_and_pppoe_encapsulations() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("encap.pcap");
+    let label = |bottom: bool| [0x00, 0x12, 0x30 | u8::from(bottom), 64];
+    let stack = |n: usize| -> Vec<u8> { (0..n).flat_map(|i| label(i + 1 == n)).collect() };
+    let pppoe = |protocol: u16, packet: &[u8]| {
+        let mut b = vec![0x11, 0x00, 0x00, 0x2a];
+        b.extend_from_slice(&((packet.len() + 2) as u16).to_be_bytes());
+        b.extend_from_slice(&protocol.to_be_bytes());
+        b.extend_from_slice(packet);
+        b
+    };
+    let ip = inbound(100)[14..].to_vec();
+    let v6 = frames::ipv6(
+        "2001:db8::5".parse().unwrap(),
+        "2001:db8::10".parse().unwrap(),
+        frames::PROTO_UDP,
+        &frames::udp(5353, 53, 30),
+    );
+    let mut list = Vec::new();
+    for vlan in [None, Some(100)] {
+        list.push(eth_to_host(vlan, 0x8847, &[stack(1), ip.clone()].concat()));
+        list.push(eth_to_host(vlan, 0x8847, &[stack(3), v6.clone()].concat()));
+        list.push(eth_to_host(vlan, 0x8848, &[stack(2), ip.clone()].concat()));
+        list.push(eth_to_host(vlan, 0x8864, &pppoe(0x0021, &ip)));
+        list.push(eth_to_host(vlan, 0x8864, &pppoe(0x0057, &v6)));
+        // LCP echo in a PPPoE session: not IP.
+        list.push(eth_to_host(
+            vlan,
+            0x8864,
+            &pppoe(0xc021, &[9, 1, 0, 8, 0, 0, 0, 0]),
+        ));
+    }
+    raw_pcap(&pcap, 1, &list);
+    let (stats, records) = replay_file(dir.path(), &pcap);
+    assert_eq!(stats.packets, 12);
+    assert_eq!(stats.skipped.get("not_ip"), Some(&2), "{stats:?}");
+    assert_eq!(stats.skipped.len(), 1, "{stats:?}");
+    assert_eq!(flow_totals(&records, REMOTE.into()), (6, 6 * 140));
+    let v6_src: IpAddr = "2001:db8::5".parse().unwrap();
+    assert_eq!(flow_totals(&records, v6_src), (4, 4 * 78));
+
+    let ours = decoded(&pcap);
+    assert_eq!(ours.iter().flatten().count(), 10);
+    assert_eq!(ours[6].and_then(|m| m.vlan), Some(100));
+    if let Some((agreed, read)) = agree_with_tshark(&pcap, &ours) {
+        assert_eq!((agreed, read), (10, 12));
+    }
+}
