@@ -72,6 +72,17 @@ pub enum PcapError {
         /// What is wrong.
         detail: String,
     },
+    /// One record cannot be turned into a packet (an out-of-range timestamp), but the
+    /// next record is where its header says: the reader goes on after it.
+    #[error("{}: packet {packet} skipped: {detail}", path.display())]
+    BadRecord {
+        /// The file.
+        path: PathBuf,
+        /// 1-based number of the packet.
+        packet: u64,
+        /// What is wrong.
+        detail: String,
+    },
     /// Reading failed.
     #[error("{}: read error at packet {packet}: {source}", path.display())]
     Read {
@@ -93,6 +104,13 @@ pub enum PcapError {
 }
 
 impl PcapError {
+    /// Whether only one packet is lost and the reader goes on with the next
+    /// ([`PcapError::BadRecord`]); every other error ends the file.
+    #[must_use]
+    pub fn is_packet_skipped(&self) -> bool {
+        matches!(self, PcapError::BadRecord { .. })
+    }
+
     /// Maps an error of `pcap-file` met while reading packet `packet` of `path`.
     fn from_lib(path: &Path, packet: u64, err: pcap_file::PcapError) -> Self {
         let path = path.to_path_buf();
@@ -411,7 +429,8 @@ impl PacketRef<'_> {
 ///
 /// The file is read sequentially through one reusable buffer. [`PcapPackets::next_ref`]
 /// hands out each packet as a slice of that buffer (no allocation, no copy); the
-/// [`Iterator`] implementation yields owned [`Packet`]s. After the first error both end.
+/// [`Iterator`] implementation yields owned [`Packet`]s. After the first error both end,
+/// except after a [`PcapError::BadRecord`], which stands for one packet only.
 pub struct PcapPackets {
     path: PathBuf,
     input: Input,
@@ -542,6 +561,10 @@ impl PcapPackets {
         }
         let located = match self.locate_next() {
             Some(Ok(located)) => located,
+            Some(Err(e)) if e.is_packet_skipped() => {
+                self.count += 1;
+                return Some(Err(e));
+            }
             Some(Err(e)) => {
                 self.done = true;
                 return Some(Err(e));
@@ -607,15 +630,18 @@ impl PcapPackets {
                 } else {
                     u64::from(ts_frac) * 1_000
                 };
-                if frac_nanos >= 1_000_000_000 {
-                    return Some(Err(PcapError::Malformed {
-                        path: path.clone(),
-                        packet: number,
-                        detail: format!("sub-second timestamp field {ts_frac} is too large"),
-                    }));
-                }
                 let start = input.start + 16;
                 input.consume(16 + len);
+                if frac_nanos >= 1_000_000_000 {
+                    return Some(Err(PcapError::BadRecord {
+                        path: path.clone(),
+                        packet: number,
+                        detail: format!(
+                            "sub-second timestamp field {ts_frac} is out of range (at most {})",
+                            if format.nanos { 999_999_999 } else { 999_999 }
+                        ),
+                    }));
+                }
                 let (kept, original_len) = strip_fcs(len, orig_len.max(incl_len), format.fcs_len);
                 Some(Ok(Located {
                     // frac_nanos < 10^9: the nanoseconds fit in u32.
@@ -1069,6 +1095,90 @@ mod tests {
         );
         assert_eq!(p[1].data, with_fcs, "no if_fcslen: nothing stripped");
         assert_eq!(p[1].original_len, 64);
+    }
+
+    #[test]
+    fn out_of_range_timestamp_skips_one_packet_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ts.pcap");
+        let f = frame(1, 60);
+        let mut bytes = raw_pcap(1, &[(&f, 60), (&f, 60), (&f, 60)]);
+        // Packet 2's microseconds: 1,000,000.
+        let at = 24 + 16 + 60 + 4;
+        bytes[at..at + 4].copy_from_slice(&1_000_000u32.to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let results: Vec<_> = PcapPackets::open(&path).unwrap().collect();
+        assert_eq!(results.len(), 3);
+        assert!(results[0].is_ok() && results[2].is_ok());
+        let err = results[1].as_ref().unwrap_err();
+        assert!(err.is_packet_skipped(), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("ts.pcap: packet 2 skipped") && msg.contains("1000000"),
+            "{msg}"
+        );
+        assert_eq!(msg.matches("ts.pcap").count(), 1, "{msg}");
+    }
+
+    #[test]
+    fn pcapng_unknown_blocks_and_options_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unknown.pcapng");
+        let f = frame(5, 60);
+        // An Enhanced Packet Block of interface 0 (the writer does not know the interface
+        // of a raw block).
+        let raw_epb = |data: &[u8]| {
+            let mut body = Vec::new();
+            body.extend_from_slice(&0u32.to_le_bytes());
+            body.extend_from_slice(&[0; 8]);
+            body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            body.extend_from_slice(data);
+            let len = 12 + body.len() as u32;
+            pcap_file::pcapng::RawBlock {
+                type_: 6,
+                initial_len: len,
+                body: Cow::Owned(body),
+                trailer_len: len,
+            }
+        };
+        {
+            let file = File::create(&path).unwrap();
+            let mut w = PcapNgWriter::with_endianness(file, Endianness::Little).unwrap();
+            // An Interface Description Block for Ethernet with an option of unknown code
+            // 0x7777, then the end of options.
+            let mut body = Vec::new();
+            body.extend_from_slice(&1u16.to_le_bytes());
+            body.extend_from_slice(&[0, 0]);
+            body.extend_from_slice(&0u32.to_le_bytes());
+            body.extend_from_slice(&0x7777u16.to_le_bytes());
+            body.extend_from_slice(&4u16.to_le_bytes());
+            body.extend_from_slice(&[1, 2, 3, 4]);
+            body.extend_from_slice(&[0; 4]);
+            let len = 12 + body.len() as u32;
+            w.write_raw_block(&pcap_file::pcapng::RawBlock {
+                type_: 1,
+                initial_len: len,
+                body: Cow::Owned(body),
+                trailer_len: len,
+            })
+            .unwrap();
+            w.write_raw_block(&raw_epb(&f)).unwrap();
+            let raw = pcap_file::pcapng::RawBlock {
+                type_: 0x0000_0bad,
+                initial_len: 16,
+                body: Cow::Owned(vec![9; 4]),
+                trailer_len: 16,
+            };
+            w.write_raw_block(&raw).unwrap();
+            w.write_raw_block(&raw_epb(&f)).unwrap();
+        }
+        let p: Vec<Packet> = PcapPackets::open(&path)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[1].data, f);
     }
 
     #[test]

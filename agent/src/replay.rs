@@ -25,7 +25,14 @@ pub struct ReplayStats {
     pub skipped: BTreeMap<&'static str, u64>,
     /// Records emitted (after the traffic filter).
     pub records: u64,
+    /// The warnings printed for skipped records: the first [`RECORD_WARNINGS`], then one
+    /// line saying how many more there were.
+    pub warnings: Vec<String>,
 }
+
+/// Skipped records warned about one by one; past that, a broken file gets a single
+/// summary line at the end of the replay.
+pub const RECORD_WARNINGS: usize = 3;
 
 /// Failure of a replay.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +104,16 @@ pub fn replay(
     while let Some(packet) = packets.next_ref() {
         let packet = match packet {
             Ok(packet) => packet,
+            Err(e) if e.is_packet_skipped() => {
+                delivery.stats.packets += 1;
+                delivery.skip("bad_record");
+                if delivery.stats.warnings.len() < RECORD_WARNINGS {
+                    let warning = format!("warning: {e}");
+                    eprintln!("{warning}");
+                    delivery.stats.warnings.push(warning);
+                }
+                continue;
+            }
             Err(e) => {
                 // What was read before the error still counts.
                 if let Some(table) = tables.get_mut(keyed_table).and_then(Option::as_mut) {
@@ -150,6 +167,21 @@ pub fn replay(
     for table in tables.iter_mut().flatten() {
         table.flush_all(last, &mut delivery);
         delivery.flush()?;
+    }
+    let bad = delivery
+        .stats
+        .skipped
+        .get("bad_record")
+        .copied()
+        .unwrap_or(0);
+    let unreported = bad.saturating_sub(RECORD_WARNINGS as u64);
+    if unreported > 0 {
+        let warning = format!(
+            "warning: {}: {unreported} more packets skipped for bad records ({bad} in all)",
+            path.display()
+        );
+        eprintln!("{warning}");
+        delivery.stats.warnings.push(warning);
     }
     Ok(delivery.stats)
 }

@@ -393,3 +393,39 @@ fn mpls_and_pppoe_encapsulations() {
         assert_eq!((agreed, read), (10, 12));
     }
 }
+
+/// Records with an out-of-range sub-second timestamp (microseconds of 1,000,000 and more)
+/// are skipped and counted; the replay goes on, warns about the first few (file and
+/// packet named once each) and sums up the rest in one line.
+#[test]
+fn bad_records_are_skipped_with_rated_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("bad-ts.pcap");
+    let list: Vec<Vec<u8>> = (0..10).map(|_| inbound(100)).collect();
+    raw_pcap(&pcap, 1, &list);
+    let mut bytes = std::fs::read(&pcap).unwrap();
+    let record = 16 + list[0].len();
+    // Packets 2, 4, 5, 6, 8 and 9: microseconds 1,000,000 and beyond.
+    for n in [2usize, 4, 5, 6, 8, 9] {
+        let at = 24 + (n - 1) * record + 4;
+        bytes[at..at + 4].copy_from_slice(&(1_000_000 + n as u32).to_le_bytes());
+    }
+    std::fs::write(&pcap, &bytes).unwrap();
+
+    let (stats, records) = replay_file(dir.path(), &pcap);
+    assert_eq!(stats.packets, 10);
+    assert_eq!(stats.skipped.get("bad_record"), Some(&6), "{stats:?}");
+    assert_eq!(flow_totals(&records, REMOTE.into()), (4, 4 * 140));
+    assert_eq!(stats.warnings.len(), 4, "{:#?}", stats.warnings);
+    for (w, n) in stats.warnings.iter().zip([2, 4, 5]) {
+        assert!(w.contains(&format!("packet {n} skipped")), "{w}");
+        assert!(w.contains(&format!("{}", 1_000_000 + n)), "{w}");
+        assert_eq!(w.matches("bad-ts.pcap").count(), 1, "{w}");
+    }
+    let summary = &stats.warnings[3];
+    assert!(
+        summary.contains("3 more packets skipped") && summary.contains("6 in all"),
+        "{summary}"
+    );
+    assert_eq!(summary.matches("bad-ts.pcap").count(), 1, "{summary}");
+}
