@@ -1106,6 +1106,60 @@ mod tests {
         );
     }
 
+    /// Behind every link header and encapsulation, a declared IP length is bounded by the
+    /// bytes left on the wire after the headers: one byte more is malformed.
+    #[test]
+    fn declared_lengths_never_exceed_the_frame_after_its_headers() {
+        let mut lying = ipv4(6, 1, 0, &[], &tcp(40000, 443, ACK, b"0123"));
+        let honest_len = lying.len() as u16;
+        lying[2..4].copy_from_slice(&(honest_len + 1).to_be_bytes());
+        let mut lying6 = ipv6(17, &udp(5353, 53, b"q"));
+        let plen = (lying6.len() - 40) as u16;
+        lying6[4..6].copy_from_slice(&(plen + 1).to_be_bytes());
+        let pppoe = |protocol: [u8; 2], packet: &[u8]| {
+            [&[0x11, 0, 0, 1, 0, 0][..], &protocol, packet].concat()
+        };
+        let cases: Vec<(LinkType, Vec<u8>)> = vec![
+            (LinkType::Null, [&2u32.to_le_bytes()[..], &lying].concat()),
+            (LinkType::Loop, [&30u32.to_be_bytes()[..], &lying6].concat()),
+            (
+                LinkType::Ppp,
+                [&[0xff, 0x03, 0x00, 0x21][..], &lying].concat(),
+            ),
+            (LinkType::Ppp, [&[0x57][..], &lying6].concat()),
+            (
+                LinkType::Ethernet,
+                eth(0x8847, &[mpls(2), lying.clone()].concat()),
+            ),
+            (
+                LinkType::Ethernet,
+                eth(0x8848, &[mpls(1), lying6.clone()].concat()),
+            ),
+            (LinkType::Ethernet, eth(0x8864, &pppoe([0, 0x21], &lying))),
+            (
+                LinkType::Ethernet,
+                eth_tagged(&[(ETHERTYPE_VLAN, 9)], 0x8864, &pppoe([0, 0x57], &lying6)),
+            ),
+        ];
+        for (link, frame) in &cases {
+            assert_eq!(
+                decode_frame(*link, frame),
+                Err(SkipReason::BadIpHeader),
+                "{link:?} {frame:?}"
+            );
+            // A snap length that cut the frame does not make the claim true: the wire
+            // length is the frame's.
+            assert_eq!(
+                decode_captured_frame(*link, &frame[..frame.len() - 2], frame.len()),
+                Err(SkipReason::BadIpHeader),
+                "{link:?}"
+            );
+            // One byte more on the wire, and the length is honest.
+            let m = decode_captured_frame(*link, frame, frame.len() + 1).unwrap();
+            assert!(m.ip_len as usize <= frame.len() + 1);
+        }
+    }
+
     #[test]
     fn ethernet_ipv4_tcp_syn_with_options() {
         let frame = eth_ipv4_tcp_syn();

@@ -429,3 +429,39 @@ fn bad_records_are_skipped_with_rated_warnings() {
     );
     assert_eq!(summary.matches("bad-ts.pcap").count(), 1, "{summary}");
 }
+
+/// Bytes never exceed a frame's wire length minus its link-layer headers, whatever the
+/// encapsulation: an IP total length one byte beyond is malformed, counted once as
+/// `bad_ip_header`, and adds nothing to the flow.
+#[test]
+fn bytes_stay_within_the_frame_under_every_encapsulation() {
+    let dir = tempfile::tempdir().unwrap();
+    let honest = ip_of(&inbound(100)).to_vec();
+    let mut lying = honest.clone();
+    lying[2..4].copy_from_slice(&(honest.len() as u16 + 1).to_be_bytes());
+    let label = [0x00, 0x12, 0x31, 64];
+    for (name, dlt, wrap) in [
+        ("null.pcap", 0, 2u32.to_le_bytes().to_vec()),
+        ("ppp.pcap", 9, vec![0xff, 0x03, 0x00, 0x21]),
+        (
+            "mpls.pcap",
+            1,
+            [&HOST_MAC[..], &GW_MAC, &[0x88, 0x47], &label].concat(),
+        ),
+    ] {
+        let pcap = dir.path().join(name);
+        let frames = vec![
+            [wrap.as_slice(), &honest].concat(),
+            [wrap.as_slice(), &lying].concat(),
+        ];
+        raw_pcap(&pcap, dlt, &frames);
+        let (stats, records) = replay_file(dir.path(), &pcap);
+        assert_eq!(stats.packets, 2, "{name}");
+        assert_eq!(
+            stats.skipped.get("bad_ip_header"),
+            Some(&1),
+            "{name}: {stats:?}"
+        );
+        assert_eq!(flow_totals(&records, REMOTE.into()), (1, 140), "{name}");
+    }
+}
